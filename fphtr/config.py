@@ -1,0 +1,248 @@
+"""Structured config schemas: every key, its type and its allowed values in one place.
+
+The YAML files under conf/ fill these in; Hydra merges them onto the schemas, so an unknown
+key or a wrongly typed value stops the run at composition, before any data is read.
+`validate` adds the checks types cannot express (ranges and cross-field rules).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+
+class EncoderName(Enum):
+    resnet18 = "resnet18"
+    resnet34 = "resnet34"
+
+
+class DataFormatName(Enum):
+    word = "word"
+    line = "line"
+    form = "form"
+
+
+class Schedule(Enum):
+    constant = "constant"
+    linear = "linear"
+    cosine = "cosine"
+
+
+class LoggerKind(Enum):
+    wandb = "wandb"
+    csv = "csv"
+    none = "none"
+
+
+@dataclass
+class EncoderConfig:
+    name: EncoderName = EncoderName.resnet18
+    dropout: float = 0.1  # on the flattened memory
+    dropout_ramp_steps: int = 0  # >0: dropout grows linearly from 0 over this many steps
+    pretrained_path: str | None = None  # local torchvision ImageNet state dict; none = random
+
+
+@dataclass
+class DecoderConfig:
+    d_model: int = 260
+    num_layers: int = 6
+    nhead: int = 4
+    dim_feedforward: int = 1024
+    dropout: float = 0.1
+    dropout_ramp_steps: int = 0
+
+
+@dataclass
+class ModelConfig:
+    # initialise weights from another run's checkpoint (e.g. a line model for pages);
+    # unlike ckpt_path this starts a new run: fresh optimiser, step 0, vocabulary extended
+    init_from: str | None = None
+
+
+@dataclass
+class DataFormatConfig:
+    name: DataFormatName = DataFormatName.line
+    scale: float = 0.5  # relative to a ~300 dpi scan; 0.5 ~ 150 dpi as in the paper
+    max_height: int = 256  # images are shrunk (aspect kept) to fit this frame
+    max_width: int = 2048
+    max_target_len: int = 150  # longest transcription decoded, in characters
+    batch_size: int = 16
+
+
+@dataclass
+class SyntheticDatasetConfig:
+    name: str = "synthetic"
+    train_size: int = 4096  # samples per training epoch (fresh ones every epoch)
+    val_size: int = 256
+    test_size: int = 256
+    val_writers: list[str] = field(default_factory=lambda: ["kalam", "shadows-into-light"])
+    min_lines: int = 1  # forms
+    max_lines: int = 10
+    min_words: int = 3  # lines and form lines
+    max_words: int = 9
+
+
+@dataclass
+class AugmentationConfig:
+    name: str = "none"
+    synthetic_proba: float = 0.0  # share of training samples replaced by synthetic ones
+    scale_jitter: list[float] = field(default_factory=lambda: [1.0, 1.0])  # factor range
+    rotate_limit: float = 0.0  # degrees; canvas grows, fill paper white
+    rotate_p: float = 0.0
+    shear_limit: float = 0.0  # degrees
+    shear_p: float = 0.0
+    perspective_scale: float = 0.0  # forms
+    perspective_p: float = 0.0
+    elastic_p: float = 0.0
+    morphology_p: float = 0.0  # stroke dilation / erosion
+    brightness_contrast: float = 0.0
+    brightness_contrast_p: float = 0.0
+    blur_p: float = 0.0
+    noise_std: float = 0.0  # in 0..1 intensity units
+    noise_p: float = 0.0
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 2e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    weight_decay: float = 0.01
+    warmup_steps: int = 0
+    schedule: Schedule = Schedule.constant  # decay after warmup
+    min_lr_ratio: float = 0.05  # floor of the decay, relative to lr
+    label_smoothing: float = 0.1
+    tf_noise: float = 0.0  # share of decoder input tokens replaced by random ones (training)
+
+
+@dataclass
+class DecodingConfig:
+    beam_width: int = 1  # 1 = greedy
+    length_penalty: float = 1.0  # beam score = log p / length ** length_penalty
+    max_len: int | None = None  # default: data_format.max_target_len
+
+
+@dataclass
+class TrainerConfig:
+    """A subset of lightning.pytorch.Trainer arguments, passed through unchanged."""
+
+    accelerator: str = "cpu"
+    devices: Any = 1
+    strategy: str = "auto"
+    num_nodes: int = 1
+    precision: str = "32-true"
+    max_epochs: int = -1
+    max_steps: int = -1
+    max_time: str | None = None  # "DD:HH:MM:SS"
+    min_steps: int | None = None
+    val_check_interval: Any = 1.0
+    check_val_every_n_epoch: int | None = 1
+    limit_train_batches: Any = None
+    limit_val_batches: Any = None
+    limit_test_batches: Any = None
+    num_sanity_val_steps: int = 0
+    log_every_n_steps: int = 10
+    gradient_clip_val: float | None = 1.0
+    accumulate_grad_batches: int = 1
+    deterministic: Any = False
+    benchmark: bool | None = None
+    enable_progress_bar: bool = True
+
+
+@dataclass
+class LoggerConfig:
+    kind: LoggerKind = LoggerKind.csv
+    project: str = "fphtr"
+    entity: str | None = None
+    group: str | None = None  # default: the experiment or sweep name
+    offline: bool | None = None  # None: online only if a W&B API key is configured
+    log_predictions: int = 8  # rows of the sample prediction table per validation
+
+
+@dataclass
+class CallbacksConfig:
+    early_stopping_patience: int | None = None  # validations without val/cer improvement
+    save_top_k: int = 1
+    save_last: bool = True
+    train_cer_samples: int = 32  # fixed training samples decoded at each validation
+    curriculum: bool = False  # grow synthetic pages from min_lines to max_lines
+    curriculum_lines_every: int = 500  # steps per extra line
+    curriculum_final_synthetic_proba: float | None = None  # synthetic share once full pages
+
+
+@dataclass
+class TrainConfig:
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data_format: DataFormatConfig = field(default_factory=DataFormatConfig)
+    dataset: Any = None  # checked by the schema of the chosen dataset group option
+    augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    decoding: DecodingConfig = field(default_factory=DecodingConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
+    seed: int = 42
+    num_workers: int = 2
+    ckpt_path: str | None = None  # resume this run: a path, or "last"
+    run_test: bool = True
+    task_name: str = "train"
+    tags: list[str] = field(default_factory=list)
+    output_dir: str = "${hydra:runtime.output_dir}"
+
+
+def register_configs() -> None:
+    """Register the schemas with Hydra's ConfigStore (called by every entry point)."""
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainConfig)
+    cs.store(group="encoder", name="encoder_schema", node=EncoderConfig)
+    cs.store(group="decoder", name="decoder_schema", node=DecoderConfig)
+    cs.store(group="data_format", name="data_format_schema", node=DataFormatConfig)
+    cs.store(group="dataset", name="synthetic_schema", node=SyntheticDatasetConfig)
+    cs.store(group="augmentation", name="augmentation_schema", node=AugmentationConfig)
+    cs.store(group="logger", name="logger_schema", node=LoggerConfig)
+
+
+class ConfigError(ValueError):
+    """A config value that is well typed but impossible; the message names the key."""
+
+
+def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r} is not allowed: expected {allowed}")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Range and cross-field checks, run before any data is loaded or model built."""
+    for key in ("encoder.dropout", "decoder.dropout", "optim.label_smoothing", "optim.tf_noise",
+                "augmentation.synthetic_proba"):  # fmt: skip
+        v = OmegaConf.select(cfg, key)
+        _check(0.0 <= v < 1.0 if "dropout" in key else 0.0 <= v <= 1.0, key, v, "a value in [0, 1]")
+    d = cfg.decoder
+    _check(d.d_model % 4 == 0, "decoder.d_model", d.d_model, "a multiple of 4 (2D positions)")
+    _check(d.d_model % d.nhead == 0, "decoder.nhead", d.nhead, f"a divisor of d_model={d.d_model}")
+    for key in ("decoder.num_layers", "decoder.nhead", "decoder.dim_feedforward",
+                "data_format.max_height", "data_format.max_width", "data_format.max_target_len",
+                "data_format.batch_size", "decoding.beam_width"):  # fmt: skip
+        v = OmegaConf.select(cfg, key)
+        _check(v >= 1, key, v, "a positive integer")
+    _check(cfg.data_format.scale > 0, "data_format.scale", cfg.data_format.scale, "> 0")
+    _check(cfg.optim.lr > 0, "optim.lr", cfg.optim.lr, "> 0")
+    _check(cfg.num_workers >= 0, "num_workers", cfg.num_workers, ">= 0")
+    lo, hi = cfg.augmentation.scale_jitter
+    _check(0 < lo <= hi, "augmentation.scale_jitter", [lo, hi], "[low, high] with 0 < low <= high")
+    for key, v in cfg.augmentation.items():
+        if key.endswith("_p"):
+            _check(0.0 <= v <= 1.0, f"augmentation.{key}", v, "a probability in [0, 1]")
+    if cfg.dataset is None:
+        raise ConfigError("no dataset chosen: add dataset=synthetic or dataset=iam")
+    if cfg.dataset.name == "synthetic":
+        ds = cfg.dataset
+        _check(1 <= ds.min_lines <= ds.max_lines, "dataset.min_lines", ds.min_lines,
+               f"1 <= min_lines <= max_lines={ds.max_lines}")  # fmt: skip
+        _check(1 <= ds.min_words <= ds.max_words, "dataset.min_words", ds.min_words,
+               f"1 <= min_words <= max_words={ds.max_words}")  # fmt: skip
