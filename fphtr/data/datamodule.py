@@ -1,0 +1,198 @@
+"""LightningDataModule: datasets -> geometry frame + augmentation -> padded batches."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from fphtr.data.augment import Augmenter
+from fphtr.data.geometry import pad_batch, prepare, to_tensor
+from fphtr.data.sample import Sample
+from fphtr.data.tokenizer import PAD, Tokenizer
+
+
+@dataclass
+class Batch:
+    images: torch.Tensor  # (B, 1, H, W) paper 0.0, ink 1.0, top-left placed
+    sizes: torch.Tensor  # (B, 2) valid (h, w) of each image
+    tokens: torch.Tensor  # (B, T) [SOS, chars..., EOS, PAD...]
+    texts: list[str]
+    ids: list[str]
+
+    def to(self, device: torch.device | str) -> Batch:
+        return Batch(
+            self.images.to(device), self.sizes.to(device), self.tokens.to(device),
+            self.texts, self.ids,
+        )  # fmt: skip
+
+
+class PreparedDataset(Dataset):
+    """Wraps a dataset of `Sample`s: optional synthetic replacement and augmentation
+    (training only), then the geometry frame and tensor conversion (every split)."""
+
+    def __init__(
+        self,
+        base: Dataset,
+        max_height: int,
+        max_width: int,
+        augment: Augmenter | None = None,
+        synthetic: Dataset | None = None,
+        synthetic_proba: float = 0.0,
+        seed: int = 0,
+    ):
+        self.base, self.synthetic, self.augment = base, synthetic, augment
+        self.max_height, self.max_width = max_height, max_width
+        self.synthetic_proba = synthetic_proba
+        self.seed, self.epoch = seed, 0
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called at every training epoch start: random draws depend on (seed, epoch, index)."""
+        self.epoch = epoch
+        for ds in (self.base, self.synthetic):
+            if hasattr(ds, "set_epoch"):
+                ds.set_epoch(epoch)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, str, str]:
+        rng = np.random.default_rng([self.seed, self.epoch, i, 7])
+        if self.synthetic is not None and rng.random() < self.synthetic_proba:
+            sample: Sample = self.synthetic[int(rng.integers(len(self.synthetic)))]
+        else:
+            sample = self.base[i]
+        image = sample.image
+        if self.augment is not None:
+            image = self.augment(image, seed=int(rng.integers(2**31)))
+        image = prepare(image, 1.0, self.max_height, self.max_width)  # keep within the frame
+        return to_tensor(image), sample.text, sample.id
+
+
+def collate(tokenizer: Tokenizer) -> Callable[[list], Batch]:
+    def fn(items: list[tuple[torch.Tensor, str, str]]) -> Batch:
+        images, texts, ids = zip(*items, strict=True)
+        canvas, sizes = pad_batch(list(images))
+        encoded = [tokenizer.encode(t) for t in texts]
+        tokens = torch.full((len(encoded), max(map(len, encoded))), PAD, dtype=torch.long)
+        for j, seq in enumerate(encoded):
+            tokens[j, : len(seq)] = torch.tensor(seq)
+        return Batch(canvas, sizes, tokens, list(texts), list(ids))
+
+    return fn
+
+
+class HTRDataModule(pl.LightningDataModule):
+    """Holds the train/val/test datasets of one dataset + data format and the tokenizer.
+
+    `datasets` maps split -> dataset of `Sample`s at the data format's scale."""
+
+    def __init__(
+        self,
+        datasets: dict[str, Dataset],
+        tokenizer: Tokenizer,
+        batch_size: int,
+        max_height: int,
+        max_width: int,
+        augment: Augmenter | None = None,
+        synthetic: Dataset | None = None,
+        synthetic_proba: float = 0.0,
+        num_workers: int = 0,
+        seed: int = 0,
+        probe_size: int = 0,
+    ):
+        super().__init__()
+        self.probe_size = probe_size
+        self.tokenizer = tokenizer
+        self.batch_size, self.num_workers = batch_size, num_workers
+        frame = {"max_height": max_height, "max_width": max_width}
+        self.train = PreparedDataset(
+            datasets["train"], augment=augment, synthetic=synthetic,
+            synthetic_proba=synthetic_proba, seed=seed, **frame,
+        )  # fmt: skip
+        self.evaluation = {
+            split: PreparedDataset(ds, seed=seed, **frame)
+            for split, ds in datasets.items()
+            if split != "train"
+        }
+
+    def _loader(self, ds: Dataset, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            ds,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            collate_fn=collate(self.tokenizer),
+            # workers are re-created each epoch so they see the new epoch of the datasets
+            persistent_workers=False,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.evaluation["val"], shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.evaluation["test"], shuffle=False)
+
+    def train_probe(self, n: int | None = None) -> Batch | None:
+        """A fixed batch of training samples (no augmentation) for measuring train/cer."""
+        n = self.probe_size if n is None else n
+        if n <= 0:
+            return None
+        base = PreparedDataset(self.train.base, self.train.max_height, self.train.max_width)
+        items = [base[i] for i in range(min(n, len(base)))]
+        return collate(self.tokenizer)(items)
+
+
+def build_datasets(config: dict[str, Any]) -> tuple[dict[str, Dataset], str, Dataset | None]:
+    """(split -> dataset, the characters of the training labels, synthetic source or None)
+    for the configured dataset and data format."""
+    ds, fmt = config["dataset"], config["data_format"]
+    if ds["name"] == "synthetic":
+        from fphtr.data import synthetic
+
+        common = {
+            "kind": fmt["name"],
+            "seed": config["seed"],
+            "scale": fmt["scale"],
+            "val_writers": ds["val_writers"],
+            "min_lines": ds["min_lines"],
+            "max_lines": ds["max_lines"],
+            "words_per_line": (ds["min_words"], ds["max_words"]),
+        }
+        splits = {
+            split: synthetic.SyntheticHandwriting(split, size=ds[f"{split}_size"], **common)
+            for split in ("train", "val", "test")
+        }
+        stitched = None
+        if config["augmentation"]["synthetic_proba"] > 0:
+            stitched = synthetic.SyntheticHandwriting("train", size=ds["train_size"], **common)
+        return splits, synthetic.charset(), stitched
+    raise ValueError(f"dataset.name={ds['name']!r}: expected one of synthetic, iam")
+
+
+def build_datamodule(config: dict[str, Any]) -> HTRDataModule:
+    """The data module of a resolved config (see conf/dataset, conf/data_format)."""
+    datasets, chars, synthetic_source = build_datasets(config)
+    fmt, aug = config["data_format"], config["augmentation"]
+    augment = Augmenter(**aug) if aug["name"] != "none" else None
+    return HTRDataModule(
+        datasets,
+        Tokenizer(chars),
+        batch_size=fmt["batch_size"],
+        max_height=fmt["max_height"],
+        max_width=fmt["max_width"],
+        augment=augment,
+        synthetic=synthetic_source,
+        synthetic_proba=aug["synthetic_proba"],
+        num_workers=config["num_workers"],
+        seed=config["seed"],
+        probe_size=config["callbacks"]["train_cer_samples"],
+    )
