@@ -1,0 +1,156 @@
+"""LightningModule: teacher-forced loss, optimiser and schedule, greedy validation, CER/WER."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+
+from fphtr.data.datamodule import Batch
+from fphtr.data.tokenizer import PAD, SPECIALS, Tokenizer
+from fphtr.decoding import decode
+from fphtr.metrics import ErrorRates, cer
+from fphtr.model.fphtr import FPHTR
+
+
+class HTRModule(pl.LightningModule):
+    """Trains an `FPHTR` model. `config` is the run's resolved config as a plain dict; it is
+    stored in every checkpoint together with the vocabulary (see fphtr.checkpoint)."""
+
+    def __init__(
+        self,
+        model: FPHTR,
+        tokenizer: Tokenizer,
+        config: dict[str, Any],
+        train_probe: Batch | None = None,
+    ):
+        super().__init__()
+        self.model, self.tokenizer, self.config = model, tokenizer, config
+        self.optim = config["optim"]
+        dec = config["decoding"]
+        self.max_len = dec["max_len"] or config["data_format"]["max_target_len"]
+        self.beam_width, self.length_penalty = dec["beam_width"], dec["length_penalty"]
+        self.train_probe = train_probe  # fixed training samples, decoded to measure train/cer
+        self.rates = torch.nn.ModuleDict({"val": ErrorRates(), "test": ErrorRates()})
+        self.examples: list[tuple[torch.Tensor, str, str, str]] = []  # for prediction tables
+        self.n_examples = config["logger"]["log_predictions"]
+        # final dropout rates, ramped up from 0 if *_dropout_ramp_steps > 0
+        self._dropouts = [
+            (config["encoder"], [self.model.encoder.dropout]),
+            (config["decoder"], [m for m in self.model.decoder.modules()
+                                 if isinstance(m, torch.nn.Dropout)]),
+        ]  # fmt: skip
+
+    # --- training -------------------------------------------------------------------------
+    def _ramp_dropout(self) -> None:
+        for part, modules in self._dropouts:
+            ramp = part["dropout_ramp_steps"]
+            p = part["dropout"] * (min(1.0, self.global_step / ramp) if ramp > 0 else 1.0)
+            for m in modules:
+                m.p = p
+
+    def _noisy(self, tokens_in: torch.Tensor) -> torch.Tensor:
+        """Teacher-forcing noise: replace a share of the input characters by random ones."""
+        rate = self.optim["tf_noise"]
+        if rate <= 0:
+            return tokens_in
+        chars = tokens_in >= len(SPECIALS)
+        flip = chars & (torch.rand(tokens_in.shape, device=tokens_in.device) < rate)
+        rand = torch.randint_like(tokens_in, len(SPECIALS), len(self.tokenizer))
+        return torch.where(flip, rand, tokens_in)
+
+    def _loss(self, batch: Batch, noise: bool = False) -> torch.Tensor:
+        tokens_in, targets = batch.tokens[:, :-1], batch.tokens[:, 1:]
+        if noise:
+            tokens_in = self._noisy(tokens_in)
+        logits = self.model(batch.images, batch.sizes, tokens_in)  # (B, T, V)
+        return F.cross_entropy(
+            logits.transpose(1, 2).float(),
+            targets,
+            ignore_index=PAD,
+            label_smoothing=self.optim["label_smoothing"],
+        )
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        self._ramp_dropout()
+        loss = self._loss(batch, noise=True)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"non-finite training loss {loss.item()} at step {self.global_step}, "
+                f"samples {batch.ids}; the last good checkpoint is kept"
+            )
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch.texts))
+        return loss
+
+    def configure_optimizers(self) -> dict:
+        o = self.optim
+        opt = torch.optim.AdamW(
+            self.parameters(), lr=o["lr"], betas=tuple(o["betas"]), weight_decay=o["weight_decay"]
+        )
+        warmup, schedule, floor = o["warmup_steps"], o["schedule"], o["min_lr_ratio"]
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            if schedule == "linear":
+                return floor + (1 - floor) * (1 - progress)
+            if schedule == "cosine":
+                return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+            return 1.0
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # --- evaluation -----------------------------------------------------------------------
+    def transcribe(self, batch: Batch) -> list[str]:
+        ids = decode(
+            self.model, batch.images, batch.sizes, self.max_len,
+            self.beam_width, self.length_penalty,
+        )  # fmt: skip
+        return [self.tokenizer.decode(row) for row in ids.tolist()]
+
+    def _eval_step(self, batch: Batch, stage: str) -> None:
+        n = len(batch.texts)
+        self.log(f"{stage}/loss", self._loss(batch), batch_size=n, sync_dist=True)
+        hyps = self.transcribe(batch)
+        self.rates[stage].update(batch.texts, hyps)
+        for i in range(min(n, self.n_examples - len(self.examples))):
+            h, w = batch.sizes[i].tolist()
+            image = batch.images[i, 0, :h, :w].detach().cpu()
+            self.examples.append((image, batch.texts[i], hyps[i], batch.ids[i]))
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def _eval_epoch_start(self) -> None:
+        self.examples = []
+
+    on_validation_epoch_start = on_test_epoch_start = _eval_epoch_start
+
+    def _eval_epoch_end(self, stage: str) -> None:
+        rates = self.rates[stage]
+        result = rates.compute()  # totals summed over all processes before dividing
+        rates.reset()
+        self.log(f"{stage}/cer", result["cer"], prog_bar=True)
+        self.log(f"{stage}/wer", result["wer"], prog_bar=stage == "val")
+        if stage == "val" and self.train_probe is not None:
+            probe = self.train_probe.to(self.device)
+            self.log("train/cer", cer(probe.texts, self.transcribe(probe)))
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")
+
+    # --- checkpoints carry everything needed to use the model -----------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["fphtr"] = {"config": self.config, "tokenizer": self.tokenizer.to_dict()}

@@ -1,0 +1,71 @@
+"""The logging edge: Lightning loggers built from the `logger` config group.
+
+W&B never blocks on a login prompt: unless `logger.offline=false` is set explicitly, the
+run is offline when no API key is configured (WANDB_API_KEY or a netrc entry), and the
+end-of-run summary prints the `wandb sync` command that uploads it later.
+"""
+
+from __future__ import annotations
+
+import netrc
+import os
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
+
+
+def wandb_key_configured() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+
+
+def build_loggers(
+    cfg: dict[str, Any], output_dir: Path, run_name: str, group: str | None
+) -> list[Logger]:
+    """`cfg` is the resolved config; returns zero or one logger."""
+    lc = cfg["logger"]
+    if lc["kind"] == "none":
+        return []
+    if lc["kind"] == "csv":
+        return [CSVLogger(save_dir=output_dir, name="csv", version="")]
+    offline = lc["offline"] if lc["offline"] is not None else not wandb_key_configured()
+    tags = [
+        *cfg.get("tags", []),
+        f"encoder:{cfg['encoder']['name']}",
+        f"format:{cfg['data_format']['name']}",
+        f"dataset:{cfg['dataset']['name']}",
+    ]
+    return [
+        WandbLogger(
+            project=lc["project"],
+            entity=lc["entity"],
+            group=lc["group"] or group,
+            name=run_name,
+            tags=tags,
+            save_dir=str(output_dir),
+            offline=offline,
+            config=cfg,
+            # one W&B run per training job, also inside a multirun (finished in train.py)
+            reinit="finish_previous",
+        )
+    ]
+
+
+def finish_loggers(loggers: list[Logger]) -> str | None:
+    """Close W&B runs (so sweep jobs never merge) and return the `wandb sync` command for
+    an offline run, if any."""
+    sync = None
+    for lg in loggers:
+        if isinstance(lg, WandbLogger):
+            import wandb
+
+            run = lg.experiment
+            if getattr(run, "settings", None) is not None and run.settings.mode == "offline":
+                sync = f"wandb sync {Path(run.dir).parent}"
+            wandb.finish()
+    return sync

@@ -1,0 +1,155 @@
+"""fphtr-train: the one training entry point (a Hydra app on conf/train.yaml).
+
+compose config -> validate -> build data, model, loggers -> fit -> test -> summary.
+Returns the best validation CER, the objective of Optuna sweeps.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning.pytorch as pl
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
+from omegaconf import DictConfig, OmegaConf
+
+from fphtr.callbacks import EpochSeeding, PredictionTable
+from fphtr.checkpoint import init_from_checkpoint, transfer_tokenizer
+from fphtr.config import register_configs, validate
+from fphtr.data.datamodule import build_datamodule
+from fphtr.lit_module import HTRModule
+from fphtr.loggers import build_loggers, finish_loggers
+from fphtr.model.fphtr import build_model
+
+log = logging.getLogger(__name__)
+register_configs()
+
+
+def _run_identity(cfg: DictConfig) -> tuple[str, str | None]:
+    """(run name, group) for loggers: the job's overrides, grouped by sweep."""
+    if not HydraConfig.initialized():
+        return cfg.task_name, None
+    hc = HydraConfig.get()
+    name = hc.job.override_dirname or cfg.task_name
+    group = Path(hc.sweep.dir).name if hc.mode == RunMode.MULTIRUN else None
+    return name, group
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Train and test one model; returns the final metrics (also written to metrics.json)."""
+    validate(cfg)
+    config: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    output_dir = Path(config["output_dir"])
+    output_dir.mkdir(parents=True, exist_ok=True)
+    pl.seed_everything(cfg.seed, workers=True)
+    started = time.time()
+
+    datamodule = build_datamodule(config)
+    init_from = config["model"]["init_from"]
+    if init_from:  # keep the source model's character ids, append what this data adds
+        datamodule.tokenizer, added = transfer_tokenizer(init_from, datamodule.tokenizer)
+        log.info("vocabulary from %s, new characters: %r", init_from, "".join(added))
+    tokenizer = datamodule.tokenizer
+    model = build_model(config, len(tokenizer))
+    if init_from:
+        init_from_checkpoint(model, init_from)
+    module = HTRModule(model, tokenizer, config, train_probe=datamodule.train_probe())
+
+    run_name, group = _run_identity(cfg)
+    loggers = build_loggers(config, output_dir, run_name, group)
+    checkpoint = ModelCheckpoint(
+        dirpath=output_dir / "checkpoints",
+        filename="best-step{step}",
+        auto_insert_metric_name=False,
+        monitor="val/cer",
+        mode="min",
+        save_top_k=config["callbacks"]["save_top_k"],
+        save_last=config["callbacks"]["save_last"],
+    )
+    callbacks: list[pl.Callback] = [checkpoint, EpochSeeding(), PredictionTable()]
+    if config["trainer"]["enable_progress_bar"]:
+        callbacks.append(RichProgressBar())
+    if config["callbacks"]["early_stopping_patience"]:
+        callbacks.append(
+            EarlyStopping(
+                "val/cer", mode="min", patience=config["callbacks"]["early_stopping_patience"]
+            )
+        )
+    trainer = pl.Trainer(
+        **config["trainer"],
+        logger=loggers or False,
+        callbacks=callbacks,
+        default_root_dir=output_dir,
+    )
+    sync_command = None
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=config["ckpt_path"])
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        if config["run_test"]:
+            best = checkpoint.best_model_path or None
+            trainer.test(module, datamodule=datamodule, ckpt_path=best)
+            metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+    finally:
+        sync_command = finish_loggers(loggers)  # always, so sweep jobs never share a run
+
+    best_score = checkpoint.best_model_score
+    metrics.update(
+        best_val_cer=float(best_score)
+        if best_score is not None
+        else metrics.get("val/cer", math.inf),
+        steps=trainer.global_step,
+        seconds=round(time.time() - started, 1),
+        best_checkpoint=checkpoint.best_model_path,
+        last_checkpoint=checkpoint.last_model_path,
+        run_dir=str(output_dir),
+        wandb_sync=sync_command,
+    )
+    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    _print_summary(metrics)
+    return metrics
+
+
+def _print_summary(m: dict[str, Any]) -> None:
+    def pct(key: str) -> str:
+        return f"{100 * m[key]:.2f}%" if key in m else "-"
+
+    lines = [
+        "",
+        "fphtr run summary",
+        f"  steps            {m['steps']} in {m['seconds']} s",
+        f"  val   CER / WER  {pct('val/cer')} / {pct('val/wer')}  (best val CER {100 * m['best_val_cer']:.2f}%)",
+        f"  test  CER / WER  {pct('test/cer')} / {pct('test/wer')}",
+        f"  train CER        {pct('train/cer')}",
+        f"  run directory    {m['run_dir']}",
+        f"  best checkpoint  {m['best_checkpoint'] or '-'}",
+    ]
+    if m["wandb_sync"]:
+        lines.append(f"  upload to W&B    {m['wandb_sync']}")
+    print("\n".join(lines), flush=True)
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def main(cfg: DictConfig) -> float:
+    """Hydra entry point; returns the objective (best val CER) for sweepers."""
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    try:
+        metrics = train(cfg)
+    except Exception:
+        if not multirun:
+            raise
+        # one failing sweep job is recorded as failed; the sweep goes on
+        log.exception("job failed; objective recorded as inf")
+        return math.inf
+    objective = metrics["best_val_cer"]
+    return objective if math.isfinite(objective) else math.inf
+
+
+if __name__ == "__main__":
+    main()
