@@ -61,6 +61,8 @@ class Encoder(nn.Module):
             conv1, resnet.bn1, resnet.relu, resnet.maxpool,
             resnet.layer1, resnet.layer2, resnet.layer3, resnet.layer4,
         )  # fmt: skip
+        # channels-last convolutions are 1.3-2x faster on CPU (and under GPU mixed precision)
+        self.trunk.to(memory_format=torch.channels_last)
         channels = resnet.fc.in_features  # 512 for resnet18/34
         self.proj = nn.Conv2d(channels, d_model, kernel_size=1)
         self.dropout = nn.Dropout(dropout)
@@ -71,7 +73,8 @@ class Encoder(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """images (B, 1, H, W), sizes (B, 2) valid (h, w) ->
         memory (B, S, d) with S = H/32 * W/32, padding mask (B, S) True where padded."""
-        f = self.proj(self.trunk(images))  # (B, d, H/32, W/32)
+        x = images.contiguous(memory_format=torch.channels_last)
+        f = self.proj(self.trunk(x)).contiguous()  # (B, d, H/32, W/32)
         b, d, h, w = f.shape
         f = f + positional_encoding_2d(h, w, d, f.device).to(f.dtype)
         memory = self.dropout(f.flatten(2).transpose(1, 2))  # (B, h*w, d)
