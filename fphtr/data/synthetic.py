@@ -291,7 +291,7 @@ class HandwritingRenderer:
             x_height=x_height,
             slant=float(np.clip(rng.normal(0.02, 0.1 if cursive else 0.13), -0.3, 0.35)),
             tracking=tracking,
-            word_gap=x_height * rng.uniform(0.6, 1.4),
+            word_gap=x_height * rng.uniform(0.65, 1.4),
             word_gap_jitter=rng.uniform(0.05, 0.25),
             line_pitch=max(extent * rng.uniform(1.0, 1.3), x_height * 3.2),
             glyph_jitter=x_height * (rng.uniform(0, 0.012) if cursive else rng.uniform(0, 0.05)),
@@ -357,16 +357,23 @@ class HandwritingRenderer:
         step_size = max(1, round(style.size * 0.04))
         placed = []
         x, drift = x0, 0.0
+        ink_right, gap = None, 0.0  # right ink edge of the last glyph, pending word gap
         for k, ch in enumerate(text):
             if ch == " ":
-                x += style.word_gap * max(0.5, gaps[k])
+                gap += style.word_gap * max(0.7, gaps[k])
                 drift += steps[k]  # each word sits a little higher or lower
                 continue
             glyph = _glyph(style.face, style.size + int(size_step[k]) * step_size, ch)
+            if gap and ink_right is not None:
+                # Measure word gaps between ink, not advances: swashy fonts (Pacifico) reach
+                # far past their advance, and the space must stay visible for the label.
+                x = ink_right + gap - glyph.left
+            gap = 0.0
             dx = x - x0
             y = y0 + angle * dx + style.wave * math.sin(dx / period * 2 * math.pi + phase)
             y += drift + jitter[k]
             placed.append((glyph, round(x), round(y)))
+            ink_right = x + glyph.left + glyph.mask.shape[1]
             x += glyph.advance + style.tracking
         return placed
 
@@ -391,17 +398,25 @@ class HandwritingRenderer:
         if not any(p for _, p in lines_placed):  # nothing visible: a blank scrap of paper
             return np.full((max(8, style.size), max(8, style.size)), round(style.paper), np.uint8)
 
-        # Coverage canvas (0 = paper, 255 = ink), with room for the slant shear.
+        # Coverage canvas (0 = paper, 255 = ink): the glyph boxes, moved `pad` px away from
+        # every edge (baseline drift can move them anywhere), plus room for the slant shear.
         k = style.slant
-        height = int(max(y for _, p in lines_placed for _, _, y in p)) + pad
+        boxes = [(g, x + g.left, y + g.top) for _, p in lines_placed for g, x, y in p]
+        dy = pad - min(y for _, _, y in boxes)
+        height = max(y + g.mask.shape[0] for g, _, y in boxes) + dy + pad
         shear_room = int(abs(k) * height) + 1
-        # The shear below moves a line at height y left by k * y; shifting each line right by
-        # k * baseline keeps the left margin vertical instead of drifting down the page.
-        placed = [(g, x + shear_room + round(k * y0), y) for y0, p in lines_placed for g, x, y in p]
-        width = max(x + g.left + g.mask.shape[1] for g, x, _ in placed) + pad + shear_room
+        # The shear below moves ink at height y left by k * y; shifting each line right by
+        # k * its baseline keeps the left margin vertical instead of drifting down the page.
+        placed = [
+            (g, x + g.left + round(k * (y0 + dy)), y + g.top + dy)
+            for y0, p in lines_placed
+            for g, x, y in p
+        ]
+        dx = pad + shear_room - min(x for _, x, _ in placed)
+        placed = [(g, x + dx, y) for g, x, y in placed]
+        width = max(x + g.mask.shape[1] for g, x, _ in placed) + pad + shear_room
         cover = np.zeros((height, width), np.uint8)
         for glyph, x, y in placed:
-            x, y = x + glyph.left, y + glyph.top
             h, w = glyph.mask.shape
             region = cover[y : y + h, x : x + w]
             np.maximum(region, glyph.mask, out=region)
