@@ -520,6 +520,8 @@ class SyntheticHandwriting(torch.utils.data.Dataset):
         """form_width: range of the line wrap width in px at scale 1 (IAM's handwritten
         block is ~2000-2300 px wide). iam_word_tokens: probability that a "word" sample
         splits punctuation off as IAM does (`said,` -> `said`, `,`)."""
+        # Accept config enums (e.g. DataFormatName.line) as well as plain strings.
+        split, kind = str(getattr(split, "value", split)), str(getattr(kind, "value", kind))
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         if kind not in KINDS:

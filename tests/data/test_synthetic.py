@@ -154,6 +154,15 @@ def test_renderer_scale_and_crop():
     assert ink_rows[0] < 0.35 * big.shape[0] and ink_rows[-1] > 0.65 * big.shape[0]
 
 
+def test_enum_kind_from_configs():
+    from enum import Enum
+
+    class Kind(Enum):
+        line = "line"
+
+    assert SyntheticHandwriting("train", Kind.line, 1).kind == "line"
+
+
 def test_invalid_arguments():
     with pytest.raises(ValueError):
         SyntheticHandwriting("dev", "line", 4)
