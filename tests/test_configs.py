@@ -1,0 +1,115 @@
+"""Every option of every config group composes, validates and builds; bad input is named."""
+
+from pathlib import Path
+
+import pytest
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+from omegaconf.errors import ValidationError
+
+from fphtr.config import ConfigError, validate
+from fphtr.data.datamodule import build_datamodule
+from fphtr.model.fphtr import build_model
+
+from .conftest import CONF_DIR, TINY, compose_train
+
+GROUPS = ["encoder", "decoder", "data_format", "dataset", "augmentation", "precision",
+          "trainer", "logger"]  # fmt: skip
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+CASES = [(g, o) for g in GROUPS for o in options(g)] + [
+    ("experiment", o) for o in options("experiment")
+]
+
+
+@pytest.mark.parametrize("group,option", CASES, ids=[f"{g}={o}" for g, o in CASES])
+def test_every_option_composes_and_builds(group, option, tmp_path):
+    overrides = [*TINY, f"{group}={option}"]
+    if group == "decoder":
+        overrides.remove("decoder=small")
+    cfg = compose_train(overrides, tmp_path)
+    for key in (k.split("=")[0] for k in TINY if "=" in k and not k.startswith("decoder=")):
+        OmegaConf.update(cfg, key, OmegaConf.select(compose_train(TINY), key), merge=False)
+    validate(cfg)
+    config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    if config["dataset"]["name"] == "iam":
+        pytest.skip("IAM options are built on the generated fixture in tests/data/test_iam.py")
+    dm = build_datamodule(config)
+    model = build_model(config, len(dm.tokenizer))
+    batch = next(iter(dm.val_dataloader()))
+    assert model(batch.images, batch.sizes, batch.tokens[:, :-1]).shape[0] == len(batch.texts)
+
+
+def test_the_issue_example_composes():
+    cfg = compose_train(
+        [
+            "encoder=resnet34",
+            "data_format=line",
+            "augmentation.synthetic_proba=0.4",
+            "precision=bf16-mixed",
+            "trainer.max_epochs=3",
+        ]  # fmt: skip
+    )
+    validate(cfg)
+    assert cfg.encoder.name.value == "resnet34"
+    assert cfg.trainer.precision == "bf16-mixed" and cfg.trainer.max_epochs == 3
+    assert cfg.augmentation.synthetic_proba == 0.4
+
+
+def test_unknown_key_is_named():
+    with pytest.raises(ConfigCompositionException) as e:
+        compose_train(["optim.lrr=1e-3"])
+    assert "lrr" in str(e.value.__cause__ or e.value)
+
+
+def test_wrong_type_is_named():
+    with pytest.raises((ConfigCompositionException, ValidationError)) as e:
+        compose_train(["decoder.num_layers=six"])
+    assert "num_layers" in str(e.value) + str(e.value.__cause__)
+
+
+def test_bad_enum_lists_allowed_values():
+    with pytest.raises((ConfigCompositionException, ValidationError)) as e:
+        compose_train(["encoder.name=resnet50"])
+    text = str(e.value) + str(e.value.__cause__)
+    assert "resnet18" in text and "resnet34" in text
+
+
+def test_unknown_group_option_lists_available_ones():
+    with pytest.raises(Exception) as e:
+        compose_train(["encoder=resnet50"])
+    assert "resnet18" in str(e.value) and "resnet34" in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "override,key",
+    [
+        ("decoder.dropout=1.5", "decoder.dropout"),
+        ("decoder.nhead=7", "decoder.nhead"),
+        ("data_format.scale=0", "data_format.scale"),
+        ("augmentation.synthetic_proba=2", "augmentation.synthetic_proba"),
+        ("optim.lr=-1", "optim.lr"),
+        ("dataset.min_lines=5", "dataset.min_lines"),
+    ],
+)
+def test_impossible_values_are_rejected_before_work(override, key):
+    cfg = compose_train([override, "dataset.max_lines=3"] if "lines" in override else [override])
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        validate(cfg)
+
+
+def test_cli_typo_fails_fast_with_a_clear_message(tmp_path: Path):
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "fphtr.train", "optim.lrr=1e-3", f"hydra.run.dir={tmp_path}/r"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode != 0
+    assert "lrr" in out.stderr and "not in" in out.stderr
+    assert not (tmp_path / "r" / "checkpoints").exists()
