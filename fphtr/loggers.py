@@ -65,7 +65,7 @@ def finish_loggers(loggers: list[Logger]) -> str | None:
             import wandb
 
             run = lg.experiment
-            if getattr(run, "settings", None) is not None and run.settings.mode == "offline":
+            if getattr(run, "offline", False):
                 sync = f"wandb sync {Path(run.dir).parent}"
             wandb.finish()
     return sync

@@ -9,7 +9,6 @@ the token at index t always gets positional encoding t.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -124,7 +123,9 @@ class Decoder(nn.Module):
     ) -> torch.Tensor:
         """-> logits (B, T, vocab)."""
         t = tokens.shape[1]
-        x = self.embed(tokens) * math.sqrt(self.d_model)
+        # unscaled N(0, 1) embeddings: the same magnitude as the sinusoidal positions, so
+        # neither drowns the other (scaling by sqrt(d) would hide positions 16x)
+        x = self.embed(tokens)
         x = self.dropout(x + positional_encoding_1d(t, self.d_model, x.device, offset=pos))
         attn_mask = ~mem_padding_mask[:, None, None, :]  # (B, 1, 1, S)
         for i, layer in enumerate(self.layers):
