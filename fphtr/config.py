@@ -86,6 +86,33 @@ class SyntheticDatasetConfig:
     max_words: int = 9
 
 
+class IAMSplit(Enum):
+    auto = "auto"  # aachen if split_dir has the lists, else official if under root, else writers
+    aachen = "aachen"  # RWTH Aachen form lists in split_dir (train/validation/test.uttlist)
+    official = "official"  # IAM's largeWriterIndependentTextLineRecognitionTask lists
+    writers = "writers"  # seeded writer-disjoint split, no files needed
+
+
+@dataclass
+class IAMDatasetConfig:
+    """IAM as downloaded (see fphtr/data/iam.py and docs/iam.md)."""
+
+    name: str = "iam"
+    root: str = "???"  # folder holding xml/, formsA-D/..., lines/, words/, ascii/
+    split: IAMSplit = IAMSplit.auto
+    split_dir: str | None = None  # aachen: the .uttlist files; official: overrides root/<task>
+    keep_err_lines: bool = True  # segmentation="err" lines: their image and text are fine
+    keep_err_words: bool = False  # err words may be badly cropped
+    form_margin: int = 50  # px (scan resolution) kept around the handwritten lines of a form
+    cache: bool = True  # decoded, resized images on disk (decode 2479x3542 forms once)
+    cache_dir: str | None = None  # default $XDG_CACHE_HOME/fphtr/images or ~/.cache/fphtr/images
+    writers_seed: int = 0  # split=writers
+    writers_fractions: list[float] = field(default_factory=lambda: [0.7, 0.1, 0.2])
+    train_size: int | None = None  # use a seeded subset of at most this many (null: all)
+    val_size: int | None = None
+    test_size: int | None = None
+
+
 @dataclass
 class AugmentationConfig:
     name: str = "none"
@@ -203,6 +230,7 @@ def register_configs() -> None:
     cs.store(group="decoder", name="decoder_schema", node=DecoderConfig)
     cs.store(group="data_format", name="data_format_schema", node=DataFormatConfig)
     cs.store(group="dataset", name="synthetic_schema", node=SyntheticDatasetConfig)
+    cs.store(group="dataset", name="iam_schema", node=IAMDatasetConfig)
     cs.store(group="augmentation", name="augmentation_schema", node=AugmentationConfig)
     cs.store(group="logger", name="logger_schema", node=LoggerConfig)
 
@@ -246,3 +274,16 @@ def validate(cfg: DictConfig) -> None:
                f"1 <= min_lines <= max_lines={ds.max_lines}")  # fmt: skip
         _check(1 <= ds.min_words <= ds.max_words, "dataset.min_words", ds.min_words,
                f"1 <= min_words <= max_words={ds.max_words}")  # fmt: skip
+    if cfg.dataset.name == "iam":
+        ds = cfg.dataset
+        fr = list(ds.writers_fractions)
+        _check(len(fr) == 3 and min(fr) >= 0 and fr[0] > 0, "dataset.writers_fractions", fr,
+               "[train, val, test] shares, non-negative, train > 0")  # fmt: skip
+        _check(ds.form_margin >= 0, "dataset.form_margin", ds.form_margin, ">= 0")
+        for key in ("train_size", "val_size", "test_size"):
+            v = ds[key]
+            _check(v is None or v >= 1, f"dataset.{key}", v, "null (all) or a positive integer")
+        if str(getattr(ds.split, "value", ds.split)) == "aachen":
+            _check(ds.split_dir is not None, "dataset.split_dir", ds.split_dir,
+                   "a folder with train.uttlist, validation.uttlist, test.uttlist for "
+                   "dataset.split=aachen")  # fmt: skip
