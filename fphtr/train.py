@@ -22,13 +22,15 @@ from omegaconf import DictConfig, OmegaConf
 
 from fphtr.callbacks import EpochSeeding, PredictionTable
 from fphtr.checkpoint import init_from_checkpoint, transfer_tokenizer
-from fphtr.config import register_configs, validate
+from fphtr.config import ConfigError, register_configs, validate
 from fphtr.data.datamodule import build_datamodule
 from fphtr.lit_module import HTRModule
 from fphtr.loggers import build_loggers, finish_loggers
 from fphtr.model.fphtr import build_model
 
 log = logging.getLogger(__name__)
+# conf/ sits next to the package in the repository (editable install)
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 register_configs()
 
 
@@ -135,12 +137,17 @@ def _print_summary(m: dict[str, Any]) -> None:
     print("\n".join(lines), flush=True)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def main(cfg: DictConfig) -> float:
     """Hydra entry point; returns the objective (best val CER) for sweepers."""
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         metrics = train(cfg)
+    except ConfigError as e:
+        if not multirun:
+            raise SystemExit(f"Config error: {e}") from None  # a message, not a traceback
+        log.error("config error: %s; objective recorded as inf", e)
+        return math.inf
     except Exception:
         if not multirun:
             raise
