@@ -20,7 +20,7 @@ from hydra.types import RunMode
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
 from omegaconf import DictConfig, OmegaConf
 
-from fphtr.callbacks import EpochSeeding, PredictionTable
+from fphtr.callbacks import EpochSeeding, PageCurriculum, PredictionTable
 from fphtr.checkpoint import init_from_checkpoint, transfer_tokenizer
 from fphtr.config import ConfigError, register_configs, validate
 from fphtr.data.datamodule import build_datamodule
@@ -44,6 +44,39 @@ def _run_identity(cfg: DictConfig) -> tuple[str, str | None]:
     return name, group
 
 
+def build_callbacks(
+    config: dict[str, Any], output_dir: Path
+) -> tuple[list[pl.Callback], ModelCheckpoint]:
+    """The run's callbacks from the `callbacks` config section; the checkpoint callback is
+    returned separately because the best checkpoint is tested and reported."""
+    cb = config["callbacks"]
+    checkpoint = ModelCheckpoint(
+        dirpath=output_dir / "checkpoints",
+        filename="best-step{step}",
+        auto_insert_metric_name=False,
+        monitor="val/cer",
+        mode="min",
+        save_top_k=cb["save_top_k"],
+        save_last=cb["save_last"],
+    )
+    callbacks: list[pl.Callback] = [checkpoint, EpochSeeding(), PredictionTable()]
+    if config["trainer"]["enable_progress_bar"]:
+        callbacks.append(RichProgressBar())
+    if cb["curriculum"]:
+        ds = config["dataset"]
+        callbacks.append(
+            PageCurriculum(
+                ds.get("min_lines", 1), ds.get("max_lines", 10),
+                cb["curriculum_lines_every"], cb["curriculum_final_synthetic_proba"],
+            )
+        )  # fmt: skip
+    if cb["early_stopping_patience"]:
+        callbacks.append(
+            EarlyStopping("val/cer", mode="min", patience=cb["early_stopping_patience"])
+        )
+    return callbacks, checkpoint
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train and test one model; returns the final metrics (also written to metrics.json)."""
     validate(cfg)
@@ -64,34 +97,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         init_from_checkpoint(model, init_from)
     module = HTRModule(model, tokenizer, config, train_probe=datamodule.train_probe())
 
+    callbacks, checkpoint = build_callbacks(config, output_dir)
     run_name, group = _run_identity(cfg)
     loggers = build_loggers(config, output_dir, run_name, group)
-    checkpoint = ModelCheckpoint(
-        dirpath=output_dir / "checkpoints",
-        filename="best-step{step}",
-        auto_insert_metric_name=False,
-        monitor="val/cer",
-        mode="min",
-        save_top_k=config["callbacks"]["save_top_k"],
-        save_last=config["callbacks"]["save_last"],
-    )
-    callbacks: list[pl.Callback] = [checkpoint, EpochSeeding(), PredictionTable()]
-    if config["trainer"]["enable_progress_bar"]:
-        callbacks.append(RichProgressBar())
-    if config["callbacks"]["early_stopping_patience"]:
-        callbacks.append(
-            EarlyStopping(
-                "val/cer", mode="min", patience=config["callbacks"]["early_stopping_patience"]
-            )
-        )
-    trainer = pl.Trainer(
-        **config["trainer"],
-        logger=loggers or False,
-        callbacks=callbacks,
-        default_root_dir=output_dir,
-    )
-    sync_command = None
     try:
+        trainer = pl.Trainer(
+            **config["trainer"],
+            logger=loggers or False,
+            callbacks=callbacks,
+            default_root_dir=output_dir,
+        )
         trainer.fit(module, datamodule=datamodule, ckpt_path=config["ckpt_path"])
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         if config["run_test"]:
