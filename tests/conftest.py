@@ -53,3 +53,15 @@ def compose_train(overrides: list[str] = (), output_dir: Path | None = None) -> 
 @pytest.fixture
 def tiny_cfg(tmp_path: Path) -> DictConfig:
     return compose_train(TINY, tmp_path / "run")
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """The run directory of one tiny model trained once per session (2 steps, line images,
+    synthetic data): checkpoints/ and metrics.json, for tests that need a trained model."""
+    from fphtr.train import train
+
+    run = tmp_path_factory.mktemp("tiny_run") / "run"
+    fast = ["run_test=false", "callbacks.train_cer_samples=0", "data_format.max_target_len=40"]
+    train(compose_train([*TINY, *fast], run))
+    return run
