@@ -153,13 +153,14 @@ class HTRDataModule(pl.LightningDataModule):
 
 def build_datasets(config: dict[str, Any]) -> tuple[dict[str, Dataset], str, Dataset | None]:
     """(split -> dataset, the characters of the training labels, synthetic source or None)
-    for the configured dataset and data format."""
+    for the configured dataset and data format. The synthetic source stitches new samples
+    from training-split words only (`stitch.Stitcher`)."""
     ds, fmt = config["dataset"], config["data_format"]
     if ds["name"] == "synthetic":
         from fphtr.data import synthetic
+        from fphtr.data.stitch import Stitcher
 
         common = {
-            "kind": fmt["name"],
             "seed": config["seed"],
             "scale": fmt["scale"],
             "val_writers": ds["val_writers"],
@@ -168,13 +169,31 @@ def build_datasets(config: dict[str, Any]) -> tuple[dict[str, Dataset], str, Dat
             "words_per_line": (ds["min_words"], ds["max_words"]),
         }
         splits = {
-            split: synthetic.SyntheticHandwriting(split, size=ds[f"{split}_size"], **common)
+            split: synthetic.SyntheticHandwriting(
+                split, kind=fmt["name"], size=ds[f"{split}_size"], **common
+            )
             for split in ("train", "val", "test")
         }
         stitched = None
         if config["augmentation"]["synthetic_proba"] > 0:
-            stitched = synthetic.SyntheticHandwriting("train", size=ds["train_size"], **common)
+            # The word pool: rendered words of the training writers and corpus sentences.
+            words = synthetic.SyntheticHandwriting("train", "word", size=ds["train_size"], **common)
+            s = fmt["scale"]
+            stitched = Stitcher(
+                words,
+                fmt["name"],
+                size=ds["train_size"],
+                seed=config["seed"],
+                line_width=(600 * s, 2000 * s),  # about 3 to 9 words, like the line samples
+                page_width=(1700 * s, 2300 * s),  # SyntheticHandwriting's form_width
+                lines_per_form=range(ds["min_lines"], ds["max_lines"] + 1),
+                margin=(20 * s, 70 * s),
+            )
         return splits, synthetic.charset(), stitched
+    if ds["name"] == "iam":
+        from fphtr.data.iam import build_iam
+
+        return build_iam(config)
     raise ValueError(f"dataset.name={ds['name']!r}: expected one of synthetic, iam")
 
 

@@ -1,0 +1,275 @@
+"""IAM reader on the generated fixture: formats, splits, labels, crops, broken input, errors."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from fphtr.config import ConfigError, validate
+from fphtr.data.augment import Augmenter
+from fphtr.data.datamodule import PreparedDataset, build_datamodule
+from fphtr.data.iam import IAM, IAMError, build_iam, unseen_characters
+
+from ..conftest import TINY, compose_train
+from .conftest import aachen_dir
+
+FORMATS = ("word", "line", "form")
+
+
+def expected_count(forms, kind: str, keep_err_lines=True, keep_err_words=False) -> int:
+    if kind == "form":
+        return len(forms)
+    lines = [ln for f in forms for ln in f.lines]
+    if kind == "line":
+        return sum(keep_err_lines or ln.segmentation == "ok" for ln in lines)
+    return sum(keep_err_words or w.segmentation == "ok" for ln in lines for w in ln.words)
+
+
+@pytest.fixture(scope="module")
+def indexes(iam_fixture) -> dict[str, IAM]:
+    root = iam_fixture.root
+    return {
+        "aachen": IAM(root, split="aachen", split_dir=aachen_dir(iam_fixture)),
+        "official": IAM(root, split="official"),
+        "writers": IAM(root, split="writers", writers_seed=0),
+    }
+
+
+@pytest.mark.parametrize("kind", FORMATS)
+@pytest.mark.parametrize("split_kind", ["aachen", "official"])
+def test_counts_of_each_format_and_list_split(indexes, iam_fixture, split_kind, kind):
+    iam = indexes[split_kind]
+    for split in ("train", "val", "test"):
+        forms = iam_fixture.split_forms(split_kind, split)
+        items, skipped = iam.items(split, kind)
+        assert len(items) == expected_count(forms, kind), (split, skipped)
+        assert {it.form for it in items} == {f.id for f in forms}
+        # only the documented policy skips anything in a clean copy
+        assert set(skipped) <= {"segmentation err (dataset.keep_err_words=false)"}
+    assert [len(iam.forms_of(s)) for s in ("train", "val", "test")] == {
+        "aachen": [4, 1, 1], "official": [3, 2, 1]
+    }[split_kind]  # fmt: skip
+
+
+def test_writer_split_is_writer_disjoint_complete_and_seeded(indexes, iam_fixture):
+    iam = indexes["writers"]
+    writers = {s: {f.writer for f in iam.forms_of(s)} for s in ("train", "val", "test")}
+    assert all(writers.values()), writers  # every split has a writer
+    assert not (writers["train"] & writers["val"] or writers["train"] & writers["test"]
+                or writers["val"] & writers["test"])  # fmt: skip
+    assert sorted(iam.split_of) == sorted(f.id for f in iam_fixture.forms)
+    for kind in FORMATS:  # counts follow the forms each split got
+        for split in ("train", "val", "test"):
+            forms = [f for f in iam_fixture.forms if iam.split_of[f.id] == split]
+            assert len(iam.items(split, kind)[0]) == expected_count(forms, kind)
+    again = IAM(iam_fixture.root, split="writers", writers_seed=0)
+    assert again.split_of == iam.split_of
+
+
+def test_auto_split_prefers_aachen_then_official_then_writers(iam_fixture, tmp_path, caplog):
+    root = iam_fixture.root
+    assert IAM(root, split_dir=aachen_dir(iam_fixture)).split_kind == "aachen"
+    assert IAM(root).split_kind == "official"  # the task lists are under the root
+    with caplog.at_level(logging.WARNING):
+        assert IAM(root, split_dir=tmp_path).split_kind == "writers"  # no lists anywhere
+    assert "dataset.split=auto -> writers" in caplog.text and "split_dir" in caplog.text
+
+
+def test_labels_are_unescaped_and_forms_join_lines(indexes, iam_fixture):
+    xml = (Path(iam_fixture.root) / "xml" / "a01-000u.xml").read_text(encoding="latin-1")
+    assert "&quot;" in xml and "&apos;" in xml and "&amp;" in xml
+    iam = indexes["aachen"]
+    first = iam.forms["a01-000u"].lines[0]
+    assert first.text.startswith("He said, \"Fish & chips aren't bad")
+    assert first.text == iam_fixture.forms[0].lines[0].text
+    forms = {it.id: it for it in iam.items("train", "form")[0]}
+    form = iam.forms["a01-000u"]
+    assert forms["a01-000u"].text == "\n".join(ln.text for ln in form.lines)
+    assert form.writer == iam_fixture.forms[0].writer
+
+
+def test_form_image_is_the_handwritten_part_only(indexes, iam_fixture):
+    iam = indexes["aachen"]
+    ds = iam.dataset("train", "form", 0.5, 4000, 4000)
+    item, sample = ds.items[0], ds[0]
+    info = next(f for f in iam_fixture.forms if f.id == item.id)
+    x0, y0, x1, y1 = item.crop
+    assert y0 > info.header_bottom  # the machine-printed part is cut away
+    words = [w.box for ln in info.lines for w in ln.words]
+    assert x0 <= min(b[0] for b in words) and y1 >= max(b[1] + b[3] for b in words)
+    assert sample.image.shape == (round((y1 - y0) * 0.5), round((x1 - x0) * 0.5))
+    assert np.median(sample.image[:3]) > 240 and sample.image.min() < 100  # margin, then ink
+
+
+def test_segmentation_err_policy(iam_fixture):
+    forms = iam_fixture.split_forms("aachen", "train")
+    n_err = sum(ln.segmentation == "err" for f in forms for ln in f.lines)
+    assert n_err >= 1
+    strict = IAM(iam_fixture.root, split="aachen", split_dir=aachen_dir(iam_fixture),
+                 keep_err_lines=False, keep_err_words=True)  # fmt: skip
+    lines, skipped = strict.items("train", "line")
+    assert len(lines) == expected_count(forms, "line", keep_err_lines=False)
+    assert skipped["segmentation err (dataset.keep_err_lines=false)"] == n_err
+    words, _ = strict.items("train", "word")
+    assert len(words) == expected_count(forms, "word", keep_err_words=True)
+
+
+def test_single_forms_folder_is_accepted(iam_fixture, tmp_path):
+    root = tmp_path / "iam"
+    shutil.copytree(iam_fixture.root, root, ignore=shutil.ignore_patterns("words", "lines"))
+    (root / "forms").mkdir()
+    for png in root.glob("forms?-?/*.png"):
+        png.rename(root / "forms" / png.name)
+    iam = IAM(root, split="official")
+    assert len(iam.items("train", "form")[0]) == 3
+
+
+def test_broken_input_is_skipped_counted_and_summarised(broken_fixture, caplog):
+    b = broken_fixture.broken
+    with caplog.at_level(logging.INFO, logger="fphtr.data.iam"):
+        iam = IAM(broken_fixture.root, split="aachen", split_dir=aachen_dir(broken_fixture))
+        datasets = {(s, k): iam.dataset(s, k, 0.5, 4000, 4000)
+                    for k in FORMATS for s in ("train", "val", "test")}  # fmt: skip
+    clean = {s: broken_fixture.split_forms("aachen", s) for s in ("train", "val", "test")}
+    train = {k: datasets["train", k] for k in FORMATS}
+    assert len(train["line"]) == expected_count(clean["train"], "line") - 2
+    assert train["line"].skipped["missing image"] == 1
+    assert train["line"].skipped["malformed record in ascii/lines.txt"] == 1
+    assert len(train["word"]) == expected_count(clean["train"], "word") - 2
+    assert train["word"].skipped["empty image file (0 bytes)"] == 1
+    assert train["word"].skipped["malformed record in ascii/words.txt"] == 1
+    assert len(train["form"]) == 3 and train["form"].skipped["unreadable image (not a PNG)"] == 1
+    ids = {k: {it.id for it in train[k].items} for k in FORMATS}
+    assert (
+        b["missing_line_image"] not in ids["line"]
+        and b["malformed_lines_record"] not in ids["line"]
+    )
+    assert (
+        b["zero_byte_word_image"] not in ids["word"]
+        and b["unreadable_form_image"] not in ids["form"]
+    )
+    for k in FORMATS:  # the unknown form id of the validation list, in every format
+        assert datasets["val", k].skipped["unknown id in split list"] == 1
+    assert iam.problems["malformed record in ascii/lines.txt"] == 1  # the garbage record
+    # one summary line per split and format, with counts and reasons
+    summaries = [r.getMessage() for r in caplog.records if r.getMessage().startswith("IAM train:")]
+    assert len(summaries) == 3
+    assert any("skipped 2: " in s and "1 missing image" in s for s in summaries)
+    assert "index problems 1: 1 malformed record in ascii/lines.txt" in caplog.text
+
+    # a truncated PNG passes the cheap checks; decoding it warns and serves the next sample
+    ds = train["line"]
+    k = next(i for i, it in enumerate(ds.items) if it.id == b["truncated_line_image"])
+    with caplog.at_level(logging.WARNING):
+        sample = ds[k]
+    assert sample.id == ds.items[(k + 1) % len(ds)].id
+    assert b["truncated_line_image"] in caplog.text and "using the next sample" in caplog.text
+
+    official = IAM(broken_fixture.root, split="official")
+    assert official.items("test", "line")[1]["unknown id in split list"] == 1
+
+
+def test_unusable_roots_say_what_is_expected_where(iam_fixture, tmp_path):
+    with pytest.raises(IAMError, match="no such directory") as e:
+        IAM(tmp_path / "nowhere")
+    assert "xml/a01-000u.xml" in str(e.value) and "formsA-D" in str(e.value)
+    with pytest.raises(IAMError, match=r"expected .*/xml/<form id>\.xml") as e:
+        IAM(tmp_path)
+    parent = tmp_path / "downloads"
+    shutil.copytree(Path(iam_fixture.root) / "xml", parent / "IAM" / "xml")
+    with pytest.raises(IAMError, match="Did you mean dataset.root=.*IAM"):
+        IAM(parent)
+    iam = IAM(parent / "IAM", split="writers")  # xml only: forms, lines, words missing
+    for kind, folder in (("line", "lines/"), ("word", "words/"), ("form", "formsA-D/")):
+        with pytest.raises(IAMError, match=folder):
+            iam.items("train", kind)
+    with pytest.raises(IAMError, match="split_dir"):
+        IAM(iam_fixture.root, split="aachen")
+    with pytest.raises(IAMError, match="missing split list"):
+        IAM(iam_fixture.root, split="aachen", split_dir=tmp_path)
+
+
+def iam_config(root, overrides=(), tmp_path=None) -> dict:
+    cfg = compose_train([*TINY, "dataset=iam", f"dataset.root={root}", *overrides])
+    validate(cfg)
+    config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    config["dataset"]["cache_dir"] = str(tmp_path / "cache") if tmp_path else None
+    return config
+
+
+def test_config_checks_and_missing_root(tmp_path):
+    for override in ("dataset.writers_fractions=[0,1,1]", "dataset.form_margin=-1",
+                     "dataset.split=aachen", "dataset.train_size=0"):  # fmt: skip
+        cfg = compose_train(["dataset=iam", "dataset.root=/x", override])
+        with pytest.raises(ConfigError, match=r"dataset\."):
+            validate(cfg)
+    config = iam_config("/x")
+    config["dataset"]["root"] = "???"
+    with pytest.raises(IAMError, match="dataset.root is not set"):
+        build_iam(config)
+
+
+def test_vocabulary_comes_from_training_and_unseen_characters_are_reported(
+    iam_fixture, tmp_path, caplog
+):
+    config = iam_config(iam_fixture.root, ["dataset.split=official", "dataset.train_size=null",
+                                           "dataset.val_size=null"], tmp_path)  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="fphtr.data.iam"):
+        splits, chars, stitched = build_iam(config)
+    assert stitched is None
+    assert set(chars) == set("".join(splits["train"].texts()))
+    unseen, n = unseen_characters(chars, splits["val"].texts())
+    assert unseen  # this fixture's validation text has letters the training text lacks
+    assert f"IAM val: {len(unseen)} characters never seen in training" in caplog.text
+    assert unseen_characters("ab", ["abc", "xa", "ab"]) == ({"c": 1, "x": 1}, 2)
+
+
+def test_size_limits_take_a_seeded_subset(iam_fixture, tmp_path):
+    config = iam_config(
+        iam_fixture.root, ["dataset.split=official", "dataset.train_size=5"], tmp_path
+    )
+    first = [it.id for it in build_iam(config)[0]["train"].items]
+    assert len(first) == 5 and first == [it.id for it in build_iam(config)[0]["train"].items]
+
+
+@pytest.mark.parametrize("kind", ["line", "form"])
+def test_train_and_evaluation_images_of_a_sample_have_the_same_geometry(
+    iam_fixture, tmp_path, kind
+):
+    config = iam_config(
+        iam_fixture.root, [f"data_format={kind}", "dataset.split=official"], tmp_path
+    )
+    dm = build_datamodule(config)
+    train = dm.train  # no augmentation, no synthetic samples: the plain training stream
+    evaluation = PreparedDataset(train.base, train.max_height, train.max_width)
+    for i in range(len(train)):
+        a, b = train[i], evaluation[i]
+        assert a[2] == b[2] and torch.equal(a[0], b[0])
+    # and validation samples go through the very same policy
+    val = dm.evaluation["val"]
+    sample = val.base[0]
+    assert val[0][0].shape[-2:] == sample.image.shape
+
+
+def test_a_rotated_line_keeps_its_text_scale_and_paper_white_corners(iam_fixture):
+    iam = IAM(iam_fixture.root, split="official")
+    line = iam.dataset("train", "line", 0.5, 4000, 4000)[0].image
+    rotate = Augmenter(rotate_limit=3.0, rotate_p=1.0)
+    for seed in range(4):
+        out = rotate(line, seed=seed)
+        assert out.shape[1] >= 0.97 * line.shape[1] and out.shape[0] >= line.shape[0]
+        # interpolation blurs strokes but keeps the ink mass; shrinking would lose it
+        mass_before = (255.0 - line).sum()
+        mass_after = (255.0 - out).sum()
+        assert 0.9 < mass_after / mass_before < 1.1
+        # the canvas grows into the corners: filled with paper white, not ink
+        grey = rotate(np.full_like(line, 128), seed=seed)
+        if grey.shape != line.shape:  # rotated by a visible angle
+            assert grey[0, 0] == grey[0, -1] == grey[-1, 0] == grey[-1, -1] == 255
+            assert grey[grey.shape[0] // 2, grey.shape[1] // 2] == 128
