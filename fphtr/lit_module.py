@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
+from functools import partial
 from typing import Any
 
 import lightning.pytorch as pl
@@ -14,6 +16,36 @@ from fphtr.data.tokenizer import PAD, SPECIALS, Tokenizer
 from fphtr.decoding import decode
 from fphtr.metrics import ErrorRates, cer
 from fphtr.model.fphtr import FPHTR
+
+
+def lr_factor(step: int, warmup: int, total: int, schedule: str, floor: float) -> float:
+    """Learning-rate multiplier: linear warmup over `warmup` steps, then constant, or a
+    linear or cosine decay to `floor` at step `total`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    if schedule == "linear":
+        return floor + (1 - floor) * (1 - progress)
+    if schedule == "cosine":
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+    return 1.0
+
+
+def build_optimizer(
+    params: Iterable[torch.nn.Parameter], optim: dict[str, Any], total_steps: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """AdamW with the configured warmup and decay (the `optim` config section)."""
+    opt = torch.optim.AdamW(
+        params, lr=optim["lr"], betas=tuple(optim["betas"]), weight_decay=optim["weight_decay"]
+    )
+    factor = partial(
+        lr_factor,
+        warmup=optim["warmup_steps"],
+        total=total_steps,
+        schedule=optim["schedule"],
+        floor=optim["min_lr_ratio"],
+    )
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
 class HTRModule(pl.LightningModule):
@@ -45,10 +77,10 @@ class HTRModule(pl.LightningModule):
         ]  # fmt: skip
 
     # --- training -------------------------------------------------------------------------
-    def _ramp_dropout(self) -> None:
+    def _ramp_dropout(self, step: int) -> None:
         for part, modules in self._dropouts:
             ramp = part["dropout_ramp_steps"]
-            p = part["dropout"] * (min(1.0, self.global_step / ramp) if ramp > 0 else 1.0)
+            p = part["dropout"] * (min(1.0, step / ramp) if ramp > 0 else 1.0)
             for m in modules:
                 m.p = p
 
@@ -75,7 +107,7 @@ class HTRModule(pl.LightningModule):
         )
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
-        self._ramp_dropout()
+        self._ramp_dropout(self.global_step)
         loss = self._loss(batch, noise=True)
         if not torch.isfinite(loss):
             raise FloatingPointError(
@@ -86,24 +118,8 @@ class HTRModule(pl.LightningModule):
         return loss
 
     def configure_optimizers(self) -> dict:
-        o = self.optim
-        opt = torch.optim.AdamW(
-            self.parameters(), lr=o["lr"], betas=tuple(o["betas"]), weight_decay=o["weight_decay"]
-        )
-        warmup, schedule, floor = o["warmup_steps"], o["schedule"], o["min_lr_ratio"]
         total = max(1, int(self.trainer.estimated_stepping_batches))
-
-        def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            progress = min(1.0, (step - warmup) / max(1, total - warmup))
-            if schedule == "linear":
-                return floor + (1 - floor) * (1 - progress)
-            if schedule == "cosine":
-                return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-            return 1.0
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        opt, sched = build_optimizer(self.parameters(), self.optim, total)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # --- evaluation -----------------------------------------------------------------------
