@@ -1,0 +1,81 @@
+"""fphtr-eval: the validation metrics reproduced from a checkpoint, outputs, overrides."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import open_dict
+
+from fphtr.checkpoint import CheckpointError
+from fphtr.evaluate import evaluate
+from fphtr.predict import UsageError
+
+from .conftest import CONF_DIR
+
+
+def compose_eval(overrides: list[str], output_dir: Path):
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+        cfg = compose("eval", overrides=["progress=false", *overrides])
+    with open_dict(cfg):
+        cfg.output_dir = str(output_dir)
+    return cfg
+
+
+def test_cli_reproduces_the_validation_metrics(tiny_run, tmp_path):
+    """Acceptance: fphtr-eval split=val prints the CER/WER that validation logged."""
+    logged = json.loads((tiny_run / "metrics.json").read_text())
+    out_dir = tmp_path / "eval"
+    env = dict(os.environ, NO_ALBUMENTATIONS_UPDATE="1", WANDB_MODE="offline")
+    out = subprocess.run(
+        [sys.executable, "-m", "fphtr.evaluate", f"checkpoint={logged['best_checkpoint']}",
+         "split=val", "progress=false", f"hydra.run.dir={out_dir}"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    printed = f"CER / WER   {100 * logged['val/cer']:.2f}% / {100 * logged['val/wer']:.2f}%"
+    assert printed in out.stdout
+
+    metrics = json.loads((out_dir / "metrics.json").read_text())
+    assert metrics["cer"] == pytest.approx(logged["val/cer"], rel=1e-6)
+    assert metrics["wer"] == pytest.approx(logged["val/wer"], rel=1e-6)
+    assert metrics["samples"] == 4 and metrics["split"] == "val"
+    with open(out_dir / "predictions.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["id"] for r in rows] == [f"synthetic-val-0-{i}" for i in range(4)]
+    assert all(set(r) == {"id", "reference", "hypothesis", "cer"} for r in rows)
+    assert (out_dir / "worst.png").stat().st_size > 0
+
+
+def test_dataset_keys_and_group_options_override_the_checkpoint(tiny_run, tmp_path):
+    ckpt = tiny_run / "checkpoints" / "last.ckpt"
+    quick = [f"checkpoint={ckpt}", "decoding.max_len=5", "worst=2"]
+    # +dataset.KEY edits the checkpoint's own dataset config
+    m = evaluate(compose_eval([*quick, "split=val", "+dataset.val_size=2"], tmp_path / "a"))
+    assert m["samples"] == 2 and m["dataset"]["train_size"] == 8  # TINY's value is kept
+    assert m["decoding"] == {"beam_width": 1, "length_penalty": 1.0, "max_len": 5}
+    # a dataset= group option replaces it; test split by default
+    cfg = compose_eval([*quick, "dataset=synthetic", "dataset.test_size=3"], tmp_path / "b")
+    m = evaluate(cfg, dataset_choice="synthetic")
+    assert m["samples"] == 3 and m["split"] == "test"
+    text = (tmp_path / "b" / "predictions.csv").read_text(encoding="utf-8")
+    assert [r["id"] for r in csv.DictReader(io.StringIO(text))] == [
+        f"synthetic-test-0-{i}" for i in range(3)
+    ]
+
+
+def test_bad_checkpoint_and_bad_overrides_are_usage_errors(tiny_run, tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        evaluate(compose_eval([f"checkpoint={tmp_path / 'no.ckpt'}"], tmp_path))
+    ckpt = tiny_run / "checkpoints" / "last.ckpt"
+    with pytest.raises(UsageError, match="dataset.min_lines=0"):
+        evaluate(compose_eval([f"checkpoint={ckpt}", "+dataset.min_lines=0"], tmp_path))
+    with pytest.raises(UsageError, match="decoding.beam_width=0"):
+        evaluate(compose_eval([f"checkpoint={ckpt}", "decoding.beam_width=0"], tmp_path))
