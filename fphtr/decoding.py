@@ -175,9 +175,11 @@ def beam_search(
     beam_width: int = 4,
     length_penalty: float = 1.0,
     sync_every: int = 8,
+    use_cache: bool = True,
 ) -> torch.Tensor:
     """Keep the `beam_width` best prefixes per image (summed log probabilities); return,
-    per image, the hypothesis with the best score / length**length_penalty -> (B, L)."""
+    per image, the hypothesis with the best score / length**length_penalty -> (B, L).
+    `use_cache=False` re-runs the decoder on every prefix each step (the reference)."""
     b, k, dev = memory.shape[0], beam_width, memory.device
     tokens = torch.full((b * k, max_len + 1), PAD, dtype=torch.long, device=dev)
     tokens[:, 0] = SOS
@@ -189,9 +191,20 @@ def beam_search(
     offsets = (torch.arange(b, device=dev) * k)[:, None]  # (B, 1) first row of each image
     steps = 0
     with _step_threads(dev):
-        inc = IncrementalDecoder(model.decoder, memory, padding, max_len, repeat=k)
+        if use_cache:
+            inc = IncrementalDecoder(model.decoder, memory, padding, max_len, repeat=k)
+        else:
+            inc, rep_memory, rep_padding = (
+                None,
+                memory.repeat_interleave(k, 0),
+                padding.repeat_interleave(k, 0),
+            )
         for t in range(max_len):
-            logp = inc.step(tokens[:, t]).float().log_softmax(-1).view(b, k, -1)  # (B, K, V)
+            if inc is not None:
+                logits = inc.step(tokens[:, t])
+            else:
+                logits = _full_step(model.decoder, rep_memory, rep_padding, tokens[:, : t + 1])
+            logp = logits.float().log_softmax(-1).view(b, k, -1)  # (B, K, V)
             vocab = logp.shape[-1]
             # a finished beam can only continue with PAD, at no cost
             pad_only = torch.full_like(logp[0, 0], float("-inf"))
@@ -203,7 +216,8 @@ def beam_search(
             if k > 1:  # with one beam every row extends itself
                 rows = (offsets + beam).view(-1)  # the row each new beam extends
                 tokens = tokens[rows]
-                inc.reorder(rows)
+                if inc is not None:
+                    inc.reorder(rows)
             tokens[:, t + 1] = tok.view(-1)
             prev_done = done.gather(1, beam)
             lengths = lengths.gather(1, beam) + (~prev_done).float()

@@ -124,6 +124,13 @@ def test_beam_width_one_equals_greedy_on_a_ragged_batch(ragged):
     assert torch.equal(g, b1)
 
 
+def test_cached_beam_search_equals_full_recomputation(ragged):
+    model, memory, padding = ragged
+    cached = beam_search(model, memory, padding, 30, beam_width=3, length_penalty=0.6)
+    full = beam_search(model, memory, padding, 30, 3, 0.6, use_cache=False)
+    assert torch.equal(cached, full)
+
+
 def test_beam_search_is_batch_independent_and_pads_after_eos(ragged):
     model, memory, padding = ragged
     batched = beam_search(model, memory, padding, 30, beam_width=3, length_penalty=0.6)
