@@ -191,19 +191,14 @@ def beam_search(
     offsets = (torch.arange(b, device=dev) * k)[:, None]  # (B, 1) first row of each image
     steps = 0
     with _step_threads(dev):
-        if use_cache:
-            inc = IncrementalDecoder(model.decoder, memory, padding, max_len, repeat=k)
-        else:
-            inc, rep_memory, rep_padding = (
-                None,
-                memory.repeat_interleave(k, 0),
-                padding.repeat_interleave(k, 0),
-            )
+        inc = IncrementalDecoder(model.decoder, memory, padding, max_len, k) if use_cache else None
+        if inc is None:  # the reference runs every beam's whole prefix: one memory per row
+            memory, padding = memory.repeat_interleave(k, 0), padding.repeat_interleave(k, 0)
         for t in range(max_len):
             if inc is not None:
                 logits = inc.step(tokens[:, t])
             else:
-                logits = _full_step(model.decoder, rep_memory, rep_padding, tokens[:, : t + 1])
+                logits = _full_step(model.decoder, memory, padding, tokens[:, : t + 1])
             logp = logits.float().log_softmax(-1).view(b, k, -1)  # (B, K, V)
             vocab = logp.shape[-1]
             # a finished beam can only continue with PAD, at no cost
