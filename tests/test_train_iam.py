@@ -47,7 +47,8 @@ def test_fphtr_train_cli_on_iam_forms_with_stitched_pages(iam, tmp_path):
     args = [a for a in TINY if not a.startswith("num_workers")]
     out = subprocess.run(
         [sys.executable, "-m", "fphtr.train", *args, *iam_overrides(iam, tmp_path / "cache"),
-         "data_format=form", "data_format.batch_size=2", "augmentation.synthetic_proba=0.5",
+         "data_format=form", "data_format.batch_size=2", "decoding.max_len=60",
+         "augmentation.synthetic_proba=0.5",
          "num_workers=2",
          f"hydra.run.dir={run_dir}"],
         capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env,
