@@ -222,6 +222,7 @@ class IAM:
             writers_seed, writers_fractions
         )
         self._form_images = self._find_form_images()
+        self._items: dict[tuple[str, str], tuple[list[Item], Counter[str]]] = {}
         n_lines = sum(len(f.lines) for f in self.forms.values())
         n_words = sum(len(ln.words) for f in self.forms.values() for ln in f.lines)
         log.info("IAM %s: %d forms, %d lines, %d words in xml/; split %s; %s", self.root,
@@ -269,6 +270,8 @@ class IAM:
         for form_id in records["forms"]:
             if form_id not in forms and form_id not in self.bad_forms:
                 self.bad_forms[form_id] = f"no xml/{form_id}.xml"
+        for reason in self.bad_forms.values():  # forms that cannot be used at all
+            self.problems["form without xml" if reason.startswith("no xml") else reason] += 1
         known = {
             i for f in forms.values() for ln in f.lines for i in (ln.id, *(w.id for w in ln.words))
         }
@@ -434,9 +437,15 @@ class IAM:
 
     def items(self, split: str, kind: str) -> tuple[list[Item], Counter[str]]:
         """The usable samples of one split and data format, and the skipped ones by reason."""
+        kind = str(getattr(kind, "value", kind))
+        if (split, kind) not in self._items:  # checking ~100k word files takes seconds
+            self._items[split, kind] = self._find_items(split, kind)
+        items, skipped = self._items[split, kind]
+        return list(items), Counter(skipped)
+
+    def _find_items(self, split: str, kind: str) -> tuple[list[Item], Counter[str]]:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-        kind = str(getattr(kind, "value", kind))
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
         self._check_images_dir(kind)

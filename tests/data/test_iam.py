@@ -273,3 +273,13 @@ def test_a_rotated_line_keeps_its_text_scale_and_paper_white_corners(iam_fixture
         if grey.shape != line.shape:  # rotated by a visible angle
             assert grey[0, 0] == grey[0, -1] == grey[-1, 0] == grey[-1, -1] == 255
             assert grey[grey.shape[0] // 2, grey.shape[1] // 2] == 128
+
+
+def test_an_unreadable_xml_skips_its_form_and_is_reported(iam_fixture, tmp_path):
+    root = tmp_path / "iam"
+    shutil.copytree(iam_fixture.root, root, ignore=shutil.ignore_patterns("words", "lines"))
+    (root / "xml" / "b02-000.xml").write_text("<form id='b02-000'><handwritten-part>")
+    iam = IAM(root, split="aachen", split_dir=root / "splits" / "aachen")
+    assert "b02-000" not in iam.forms and iam.problems["unreadable xml"] == 1
+    items, skipped = iam.items("train", "form")
+    assert len(items) == 3 and skipped["unreadable xml"] == 1
