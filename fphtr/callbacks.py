@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from fphtr.metrics import cer
 
@@ -15,6 +22,42 @@ class EpochSeeding(pl.Callback):
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         trainer.datamodule.train.set_epoch(trainer.current_epoch)
+
+
+class PreemptionCheckpoint(pl.Callback):
+    """On SIGTERM (cluster preemption, `scancel`, `kill`), save `last.ckpt` before exiting.
+
+    Lightning's signal handler records the SIGTERM and raises SIGTERMException at the next
+    safe point (after a training batch, or between validation batches); this callback writes
+    the checkpoint there, so the run resumes with `ckpt_path=last` where it stopped."""
+
+    def __init__(self, checkpoint: ModelCheckpoint):
+        self.checkpoint = checkpoint
+        self.saved: Path | None = None
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        if not isinstance(exception, SIGTERMException) or trainer.state.fn != TrainerFn.FITTING:
+            return
+        name = ModelCheckpoint.CHECKPOINT_NAME_LAST + ModelCheckpoint.FILE_EXTENSION
+        self.saved = Path(self.checkpoint.dirpath) / name
+        trainer.save_checkpoint(self.saved, weights_only=False)
+        rank_zero_info(f"SIGTERM: saved {self.saved} at step {trainer.global_step}")
+
+
+class FitResults(pl.Callback):
+    """Copy the step count and best validation CER into `trainer.callback_metrics` when fit
+    ends: with process-spawning strategies (ddp_spawn) the metrics are the only trainer
+    state Lightning sends back to the process that called `fit`."""
+
+    def __init__(self, checkpoint: ModelCheckpoint):
+        self.checkpoint = checkpoint
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        trainer.callback_metrics["fit/steps"] = torch.tensor(float(trainer.global_step))
+        if self.checkpoint.best_model_score is not None:
+            trainer.callback_metrics["fit/best_val_cer"] = self.checkpoint.best_model_score.cpu()
 
 
 class PredictionTable(pl.Callback):

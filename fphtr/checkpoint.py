@@ -7,9 +7,11 @@ torch's weights-only unpickler, so a checkpoint from a stranger cannot execute c
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from fphtr.data.tokenizer import Tokenizer
@@ -89,3 +91,29 @@ def init_from_checkpoint(model: FPHTR, path: str | Path) -> None:
         else:
             state[key] = value
     model.load_state_dict(state)
+
+
+def rng_states() -> dict[str, Any]:
+    """This process's torch, CUDA, numpy and Python RNG states, as plain types and tensors
+    that torch's weights-only loader accepts."""
+    _, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    states = {
+        "torch": torch.get_rng_state(),
+        "numpy": [keys.tolist(), pos, has_gauss, gauss],
+        "python": [version, list(internal), gauss_next],
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    """Restore the states of `rng_states()`."""
+    torch.set_rng_state(states["torch"])
+    keys, pos, has_gauss, gauss = states["numpy"]
+    np.random.set_state(("MT19937", np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = states["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])

@@ -10,7 +10,9 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.loggers import WandbLogger
 
+from fphtr.checkpoint import rng_states, set_rng_states
 from fphtr.data.datamodule import Batch
 from fphtr.data.tokenizer import PAD, SPECIALS, Tokenizer
 from fphtr.decoding import decode
@@ -170,3 +172,13 @@ class HTRModule(pl.LightningModule):
     # --- checkpoints carry everything needed to use the model -----------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["fphtr"] = {"config": self.config, "tokenizer": self.tokenizer.to_dict()}
+        # for an exact resume: dropout and teacher-forcing noise draw from the global RNGs
+        # (this process's; under DDP every rank resumes from rank 0's states)
+        checkpoint["rng_states"] = rng_states()
+        for lg in self.loggers:  # the resumed run logs to the same W&B run
+            if isinstance(lg, WandbLogger):
+                checkpoint["wandb_run_id"] = lg.version
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "rng_states" in checkpoint:
+            set_rng_states(checkpoint["rng_states"])

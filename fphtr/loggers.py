@@ -25,9 +25,14 @@ def wandb_key_configured() -> bool:
 
 
 def build_loggers(
-    cfg: dict[str, Any], output_dir: Path, run_name: str, group: str | None
+    cfg: dict[str, Any],
+    output_dir: Path,
+    run_name: str,
+    group: str | None,
+    run_id: str | None = None,
 ) -> list[Logger]:
-    """`cfg` is the resolved config; returns zero or one logger."""
+    """`cfg` is the resolved config; returns zero or one logger. `run_id`: the W&B run a
+    resumed training continues (stored in its checkpoints)."""
     lc = cfg["logger"]
     if lc["kind"] == "none":
         return []
@@ -52,6 +57,8 @@ def build_loggers(
             config=cfg,
             # one W&B run per training job, also inside a multirun (finished in train.py)
             reinit="finish_previous",
+            id=run_id,
+            resume="allow" if run_id else None,
         )
     ]
 

@@ -9,6 +9,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -18,12 +21,25 @@ import lightning.pytorch as pl
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from fphtr.callbacks import EpochSeeding, PageCurriculum, PredictionTable
-from fphtr.checkpoint import init_from_checkpoint, transfer_tokenizer
+from fphtr.callbacks import (
+    EpochSeeding,
+    FitResults,
+    PageCurriculum,
+    PredictionTable,
+    PreemptionCheckpoint,
+)
+from fphtr.checkpoint import (
+    CheckpointError,
+    init_from_checkpoint,
+    read_checkpoint,
+    transfer_tokenizer,
+)
 from fphtr.config import ConfigError, register_configs, validate
 from fphtr.data.datamodule import build_datamodule
+from fphtr.data.tokenizer import Tokenizer
 from fphtr.lit_module import HTRModule
 from fphtr.loggers import build_loggers, finish_loggers
 from fphtr.model.fphtr import build_model
@@ -31,7 +47,12 @@ from fphtr.model.fphtr import build_model
 log = logging.getLogger(__name__)
 # conf/ sits next to the package in the repository (editable install)
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+LAST_CKPT = ModelCheckpoint.CHECKPOINT_NAME_LAST + ModelCheckpoint.FILE_EXTENSION
 register_configs()
+
+
+class TrainingStopped(RuntimeError):
+    """Training cannot go on (e.g. a non-finite loss); the message says where and why."""
 
 
 def _run_identity(cfg: DictConfig) -> tuple[str, str | None]:
@@ -59,7 +80,13 @@ def build_callbacks(
         save_top_k=cb["save_top_k"],
         save_last=cb["save_last"],
     )
-    callbacks: list[pl.Callback] = [checkpoint, EpochSeeding(), PredictionTable()]
+    callbacks: list[pl.Callback] = [
+        checkpoint,
+        PreemptionCheckpoint(checkpoint),
+        FitResults(checkpoint),
+        EpochSeeding(),
+        PredictionTable(),
+    ]
     if config["trainer"]["enable_progress_bar"]:
         callbacks.append(RichProgressBar())
     if cb["curriculum"]:
@@ -77,29 +104,67 @@ def build_callbacks(
     return callbacks, checkpoint
 
 
+def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> Path | None:
+    """`ckpt_path=last` -> <run dir>/checkpoints/last.ckpt; a path must exist."""
+    if not ckpt_path:
+        return None
+    if ckpt_path == "last":
+        path = output_dir / "checkpoints" / LAST_CKPT
+        if not path.is_file():
+            raise CheckpointError(
+                f"ckpt_path=last: no checkpoint at {path}. To resume a run, run in its "
+                "directory: fphtr-train hydra.run.dir=<old run dir> ckpt_path=last"
+            )
+        return path
+    return Path(ckpt_path)
+
+
+def check_writable(output_dir: Path) -> None:
+    """Fail before any data is read when the run directory cannot take checkpoints."""
+    try:
+        folder = output_dir / "checkpoints"
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(
+            f"output directory {output_dir} is not writable ({e.strerror or e}): choose "
+            "another with hydra.run.dir=... (hydra.sweep.dir=... for -m)"
+        ) from e
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train and test one model; returns the final metrics (also written to metrics.json)."""
     validate(cfg)
     config: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     output_dir = Path(config["output_dir"])
-    output_dir.mkdir(parents=True, exist_ok=True)
+    check_writable(output_dir)
+    ckpt_path = resolve_ckpt_path(config["ckpt_path"], output_dir)
+    # read with the weights-only loader first: a foreign or malicious file is refused
+    # before Lightning sees it; the W&B run id inside lets the resumed run continue it
+    resume = read_checkpoint(ckpt_path) if ckpt_path else None
     pl.seed_everything(cfg.seed, workers=True)
     started = time.time()
 
     datamodule = build_datamodule(config)
     init_from = config["model"]["init_from"]
-    if init_from:  # keep the source model's character ids, append what this data adds
+    if resume:  # the resumed model keeps its own character ids
+        datamodule.tokenizer = Tokenizer.from_dict(resume["fphtr"]["tokenizer"])
+    elif init_from:  # keep the source model's character ids, append what this data adds
         datamodule.tokenizer, added = transfer_tokenizer(init_from, datamodule.tokenizer)
         log.info("vocabulary from %s, new characters: %r", init_from, "".join(added))
     tokenizer = datamodule.tokenizer
     model = build_model(config, len(tokenizer))
-    if init_from:
+    if init_from and not resume:
         init_from_checkpoint(model, init_from)
     module = HTRModule(model, tokenizer, config, train_probe=datamodule.train_probe())
 
     callbacks, checkpoint = build_callbacks(config, output_dir)
     run_name, group = _run_identity(cfg)
-    loggers = build_loggers(config, output_dir, run_name, group)
+    run_id = resume.get("wandb_run_id") if resume else None
+    del resume
+    loggers = build_loggers(config, output_dir, run_name, group, run_id=run_id)
     try:
         trainer = pl.Trainer(
             **config["trainer"],
@@ -107,29 +172,36 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             callbacks=callbacks,
             default_root_dir=output_dir,
         )
-        trainer.fit(module, datamodule=datamodule, ckpt_path=config["ckpt_path"])
+        try:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        except FloatingPointError as e:  # raised by HTRModule.training_step
+            kept = sorted(str(p) for p in (output_dir / "checkpoints").glob("*.ckpt"))
+            raise TrainingStopped(
+                f"training stopped: {e}. Checkpoints kept: {', '.join(kept) or 'none yet'}"
+            ) from e
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         if config["run_test"]:
             best = checkpoint.best_model_path or None
-            trainer.test(module, datamodule=datamodule, ckpt_path=best)
+            trainer.test(module, datamodule=datamodule, ckpt_path=best, weights_only=True)
             metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
     finally:
         sync_command = finish_loggers(loggers)  # always, so sweep jobs never share a run
 
-    best_score = checkpoint.best_model_score
+    # FitResults put these in the metrics (also when fit ran in spawned processes)
+    best_score = metrics.pop("fit/best_val_cer", None)
+    last = output_dir / "checkpoints" / LAST_CKPT
     metrics.update(
-        best_val_cer=float(best_score)
-        if best_score is not None
-        else metrics.get("val/cer", math.inf),
-        steps=trainer.global_step,
+        best_val_cer=best_score if best_score is not None else metrics.get("val/cer", math.inf),
+        steps=int(metrics.pop("fit/steps", trainer.global_step)),
         seconds=round(time.time() - started, 1),
         best_checkpoint=checkpoint.best_model_path,
-        last_checkpoint=checkpoint.last_model_path,
+        last_checkpoint=str(last) if last.is_file() else "",
         run_dir=str(output_dir),
         wandb_sync=sync_command,
     )
-    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    _print_summary(metrics)
+    if trainer.is_global_zero:  # under DDP every process returns here; one writes
+        (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        _print_summary(metrics)
     return metrics
 
 
@@ -152,17 +224,29 @@ def _print_summary(m: dict[str, Any]) -> None:
     print("\n".join(lines), flush=True)
 
 
+_KIND = {ConfigError: "Config error", CheckpointError: "Checkpoint error"}
+
+
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def main(cfg: DictConfig) -> float:
     """Hydra entry point; returns the objective (best val CER) for sweepers."""
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         metrics = train(cfg)
-    except ConfigError as e:
+    except (ConfigError, CheckpointError, TrainingStopped) as e:
         if not multirun:
-            raise SystemExit(f"Config error: {e}") from None  # a message, not a traceback
-        log.error("config error: %s; objective recorded as inf", e)
+            raise SystemExit(f"{_KIND.get(type(e), 'Error')}: {e}") from None  # no traceback
+        log.error("%s; objective recorded as inf", e)
         return math.inf
+    except SIGTERMException:
+        # preempted: PreemptionCheckpoint saved last.ckpt; a non-zero exit tells the scheduler
+        print(
+            f"Stopped by SIGTERM. Resume with: fphtr-train hydra.run.dir={cfg.output_dir} "
+            "ckpt_path=last (and the same overrides)",
+            file=sys.stderr,
+            flush=True,
+        )
+        raise SystemExit(128 + signal.SIGTERM) from None
     except Exception:
         if not multirun:
             raise

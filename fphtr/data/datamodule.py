@@ -9,10 +9,12 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from fphtr.data.augment import Augmenter
 from fphtr.data.geometry import pad_batch, prepare, to_tensor
+from fphtr.data.loader import EpochSampler, ResumableDataLoader
 from fphtr.data.sample import Sample
 from fphtr.data.tokenizer import PAD, Tokenizer
 
@@ -108,6 +110,7 @@ class HTRDataModule(pl.LightningDataModule):
     ):
         super().__init__()
         self.probe_size = probe_size
+        self._resume_position: dict[str, int] | None = None
         self.tokenizer = tokenizer
         self.batch_size, self.num_workers = batch_size, num_workers
         frame = {"max_height": max_height, "max_width": max_width}
@@ -121,25 +124,54 @@ class HTRDataModule(pl.LightningDataModule):
             if split != "train"
         }
 
-    def _loader(self, ds: Dataset, shuffle: bool) -> DataLoader:
-        return DataLoader(
+    def _world(self) -> tuple[int, int]:
+        """(number of processes, this process's global rank); (1, 0) outside a Trainer."""
+        trainer = self.trainer  # None when used on its own (fphtr-eval)
+        return (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
+
+    def _loader(
+        self, ds: Dataset, sampler: Sampler, cls: type[DataLoader] = DataLoader
+    ) -> DataLoader:
+        return cls(
             ds,
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            sampler=sampler,
             num_workers=self.num_workers,
             collate_fn=collate(self.tokenizer),
             # workers are re-created each epoch so they see the new epoch of the datasets
             persistent_workers=False,
+            # a private generator: creating a loader's iterator draws worker seeds from it,
+            # not from the global RNG, whose state a resumed run restores for dropout
+            generator=torch.Generator().manual_seed(self.train.seed),
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train, shuffle=True)
+        """One shard per process, reshuffled per (seed, epoch); resumable mid-epoch."""
+        replicas, rank = self._world()
+        sampler = EpochSampler(self.train, replicas, rank, seed=self.train.seed)
+        self._train_loader = self._loader(self.train, sampler, ResumableDataLoader)
+        if self._resume_position:  # restored from a checkpoint (see fphtr.data.loader)
+            self._train_loader.load_state_dict(self._resume_position)
+        return self._train_loader
+
+    def state_dict(self) -> dict[str, Any]:
+        """The training data position, stored in checkpoints for an exact resume."""
+        loader = getattr(self, "_train_loader", None)
+        return {"train_loader": loader.state_dict()} if loader else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._resume_position = state.get("train_loader")
+
+    def _eval_loader(self, ds: Dataset) -> DataLoader:
+        # every sample exactly once over all processes: corpus-level CER sums are exact
+        replicas, rank = self._world()
+        return self._loader(ds, UnrepeatedDistributedSampler(ds, replicas, rank, shuffle=False))
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.evaluation["val"], shuffle=False)
+        return self._eval_loader(self.evaluation["val"])
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.evaluation["test"], shuffle=False)
+        return self._eval_loader(self.evaluation["test"])
 
     def train_probe(self, n: int | None = None) -> Batch | None:
         """A fixed batch of training samples (no augmentation) for measuring train/cer."""
