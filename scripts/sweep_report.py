@@ -45,10 +45,24 @@ def collect(sweep_dir: Path) -> list[dict]:
         else:
             row |= {"best_val_cer": math.inf, "failed": True}
         rows.append(row)
+    # show what differs between jobs; what all jobs share is printed once above the table
+    shared = set.intersection(*(set(r["overrides"].split()) for r in rows)) if rows else set()
+    for r in rows:
+        r["overrides"] = " ".join(_short(o) for o in r["overrides"].split() if o not in shared)
+        r["shared"] = " ".join(sorted(shared))
     rows.sort(key=lambda r: (r["best_val_cer"] is None, r["best_val_cer"]))
     for i, r in enumerate(rows, 1):
         r["rank"] = i
     return rows
+
+
+def _short(override: str) -> str:
+    """key=0.00025785250039038417 -> key=0.000258 (sweepers print full precision)."""
+    key, _, value = override.partition("=")
+    try:
+        return f"{key}={float(value):.3g}" if "." in value or "e" in value else override
+    except ValueError:
+        return override
 
 
 def fmt(v: object) -> str:
@@ -58,8 +72,8 @@ def fmt(v: object) -> str:
 
 
 def write_markdown(rows: list[dict], path: Path, sweep_dir: Path) -> None:
-    lines = [f"# Sweep report: {sweep_dir}", "", "| " + " | ".join(COLUMNS) + " |",
-             "|" + "---|" * len(COLUMNS)]  # fmt: skip
+    lines = [f"# Sweep report: {sweep_dir}", "", f"All jobs: `{rows[0]['shared']}`", "",
+             "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]  # fmt: skip
     for r in rows:
         cells = [
             fmt(r.get(c)) if c not in ("steps", "seconds") else str(r.get(c, "")) for c in COLUMNS
