@@ -22,6 +22,7 @@ import glob
 import json
 import os
 import sys
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -156,9 +157,9 @@ def _txt_paths(paths: Sequence[Path], output_dir: Path) -> dict[Path, Path]:
     <name>.txt (scan.png.txt) where two inputs share a stem (scan.png, scan.tif)."""
     root = Path(os.path.commonpath([p.resolve().parent for p in paths]))
     relative = {p: p.resolve().relative_to(root) for p in paths}
-    stems = [r.with_suffix("") for r in relative.values()]
+    stems = Counter(r.with_suffix("") for r in relative.values())
     return {
-        p: output_dir / (r.with_suffix(".txt") if stems.count(r.with_suffix("")) == 1
+        p: output_dir / (r.with_suffix(".txt") if stems[r.with_suffix("")] == 1
                          else r.with_name(r.name + ".txt"))
         for p, r in relative.items()
     }  # fmt: skip
