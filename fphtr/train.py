@@ -105,18 +105,21 @@ def build_callbacks(
 
 
 def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> Path | None:
-    """`ckpt_path=last` -> <run dir>/checkpoints/last.ckpt; a path must exist."""
+    """`ckpt_path=last` -> <run dir>/checkpoints/last.ckpt, or None (a fresh start) when the
+    run has none yet, so a requeued cluster job can always pass ckpt_path=last."""
     if not ckpt_path:
         return None
-    if ckpt_path == "last":
-        path = output_dir / "checkpoints" / LAST_CKPT
-        if not path.is_file():
-            raise CheckpointError(
-                f"ckpt_path=last: no checkpoint at {path}. To resume a run, run in its "
-                "directory: fphtr-train hydra.run.dir=<old run dir> ckpt_path=last"
-            )
+    if ckpt_path != "last":
+        return Path(ckpt_path)  # read_checkpoint says so if it is missing
+    path = output_dir / "checkpoints" / LAST_CKPT
+    if path.is_file():
         return path
-    return Path(ckpt_path)
+    log.warning(
+        "ckpt_path=last: no checkpoint at %s, starting a new run. To resume a run, run in its "
+        "directory: fphtr-train hydra.run.dir=<old run dir> ckpt_path=last",
+        path,
+    )
+    return None
 
 
 def check_writable(output_dir: Path) -> None:
