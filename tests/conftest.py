@@ -23,6 +23,7 @@ REPO = CONF_DIR.parent
 
 # A configuration small enough for a test: tiny decoder, tiny images, a few samples.
 TINY = [
+    "~experiment",  # drop the default CPU quick-start preset
     "decoder=small",
     "logger=none",
     "num_workers=0",
