@@ -29,6 +29,7 @@ from PIL import Image, ImageOps
 PAPER_WHITE = 255
 STRIDE = 32  # total stride of the ResNet trunk; canvases are multiples of it
 MAX_INPUT_PIXELS = 100_000_000  # refuse larger inputs instead of running out of memory
+# (about 10000 x 10000, at most 400 MB decoded as RGBA; checked from the header, before decoding)
 
 
 class ImageError(ValueError):
@@ -53,8 +54,11 @@ def load_image(path: str | Path) -> Image.Image:
             return img.copy()
     except ImageError:
         raise
-    except Image.DecompressionBombError as e:
-        raise ImageError(f"{path}: image too large ({e}); downscale it before use") from e
+    except Image.DecompressionBombError as e:  # PIL refuses even to open it (> 2x its own limit)
+        raise ImageError(
+            f"{path}: exceeds the limit of {MAX_INPUT_PIXELS:,} pixels ({e}); "
+            "downscale the image before use"
+        ) from e
     except (OSError, SyntaxError, ValueError) as e:
         raise ImageError(f"{path}: not a readable image ({e})") from e
 
