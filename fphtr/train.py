@@ -153,7 +153,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule = build_datamodule(config)
     init_from = config["model"]["init_from"]
     if resume:  # the resumed model keeps its own character ids
+        data_chars = "".join(datamodule.tokenizer.chars)
         datamodule.tokenizer = Tokenizer.from_dict(resume["fphtr"]["tokenizer"])
+        if unknown := datamodule.tokenizer.unknown_chars(data_chars):
+            log.warning("characters the resumed model does not know are encoded as <unk>: %r",
+                        "".join(sorted(unknown)))  # fmt: skip
     elif init_from:  # keep the source model's character ids, append what this data adds
         datamodule.tokenizer, added = transfer_tokenizer(init_from, datamodule.tokenizer)
         log.info("vocabulary from %s, new characters: %r", init_from, "".join(added))
