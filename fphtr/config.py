@@ -70,6 +70,9 @@ class DataFormatConfig:
     max_height: int = 256  # images are shrunk (aspect kept) to fit this frame
     max_width: int = 2048
     max_target_len: int = 150  # longest transcription decoded, in characters
+    # batch canvases are rounded up to these (height, width) multiples of 32; coarser
+    # steps give fewer distinct shapes (CPU bf16 kernels are compiled once per shape)
+    canvas_multiple: list[int] = field(default_factory=lambda: [32, 32])
     batch_size: int = 16
 
 
@@ -259,6 +262,9 @@ def validate(cfg: DictConfig) -> None:
         v = OmegaConf.select(cfg, key)
         _check(v >= 1, key, v, "a positive integer")
     _check(cfg.data_format.scale > 0, "data_format.scale", cfg.data_format.scale, "> 0")
+    cm = list(cfg.data_format.canvas_multiple)
+    _check(len(cm) == 2 and all(m > 0 and m % 32 == 0 for m in cm), "data_format.canvas_multiple",
+           cm, "[height, width], each a positive multiple of 32")  # fmt: skip
     _check(cfg.optim.lr > 0, "optim.lr", cfg.optim.lr, "> 0")
     _check(cfg.num_workers >= 0, "num_workers", cfg.num_workers, ">= 0")
     lo, hi = cfg.augmentation.scale_jitter

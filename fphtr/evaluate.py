@@ -150,7 +150,7 @@ def _loader(config: dict[str, Any], split: str, module: HTRModule) -> DataLoader
     plain = PreparedDataset(dm.train.base, dm.train.max_height, dm.train.max_width)
     return DataLoader(
         plain, batch_size=dm.batch_size, shuffle=False, num_workers=dm.num_workers,
-        collate_fn=collate(module.tokenizer),
+        collate_fn=collate(module.tokenizer, dm.canvas_multiple),
     )  # fmt: skip
 
 

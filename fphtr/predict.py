@@ -141,7 +141,7 @@ def transcribe(
                 r.error = str(e) if isinstance(e, ImageError) else f"{r.path}: {e}"
         good = [r for r in results if r.error is None]
         if good:
-            canvas, sizes = pad_batch(images)
+            canvas, sizes = pad_batch(images, tuple(fmt.get("canvas_multiple", (32, 32))))
             with torch.inference_mode():
                 ids = decode(
                     model, canvas.to(device), sizes.to(device), decoding["max_len"],

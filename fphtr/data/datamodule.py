@@ -76,10 +76,12 @@ class PreparedDataset(Dataset):
         return to_tensor(image), sample.text, sample.id
 
 
-def collate(tokenizer: Tokenizer) -> Callable[[list], Batch]:
+def collate(
+    tokenizer: Tokenizer, canvas_multiple: tuple[int, int] = (32, 32)
+) -> Callable[[list], Batch]:
     def fn(items: list[tuple[torch.Tensor, str, str]]) -> Batch:
         images, texts, ids = zip(*items, strict=True)
-        canvas, sizes = pad_batch(list(images))
+        canvas, sizes = pad_batch(list(images), tuple(canvas_multiple))
         encoded = [tokenizer.encode(t) for t in texts]
         tokens = torch.full((len(encoded), max(map(len, encoded))), PAD, dtype=torch.long)
         for j, seq in enumerate(encoded):
@@ -107,9 +109,11 @@ class HTRDataModule(pl.LightningDataModule):
         num_workers: int = 0,
         seed: int = 0,
         probe_size: int = 0,
+        canvas_multiple: tuple[int, int] = (32, 32),
     ):
         super().__init__()
         self.probe_size = probe_size
+        self.canvas_multiple = tuple(canvas_multiple)
         self._resume_position: dict[str, int] | None = None
         self.tokenizer = tokenizer
         self.batch_size, self.num_workers = batch_size, num_workers
@@ -137,7 +141,7 @@ class HTRDataModule(pl.LightningDataModule):
             batch_size=self.batch_size,
             sampler=sampler,
             num_workers=self.num_workers,
-            collate_fn=collate(self.tokenizer),
+            collate_fn=collate(self.tokenizer, self.canvas_multiple),
             # workers are re-created each epoch so they see the new epoch of the datasets
             persistent_workers=False,
             # a private generator: creating a loader's iterator draws worker seeds from it,
@@ -180,7 +184,7 @@ class HTRDataModule(pl.LightningDataModule):
             return None
         base = PreparedDataset(self.train.base, self.train.max_height, self.train.max_width)
         items = [base[i] for i in range(min(n, len(base)))]
-        return collate(self.tokenizer)(items)
+        return collate(self.tokenizer, self.canvas_multiple)(items)
 
 
 def build_datasets(config: dict[str, Any]) -> tuple[dict[str, Dataset], str, Dataset | None]:
@@ -246,4 +250,5 @@ def build_datamodule(config: dict[str, Any]) -> HTRDataModule:
         num_workers=config["num_workers"],
         seed=config["seed"],
         probe_size=config["callbacks"]["train_cer_samples"],
+        canvas_multiple=tuple(fmt.get("canvas_multiple", (32, 32))),
     )

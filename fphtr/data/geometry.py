@@ -8,9 +8,9 @@ Every image, whatever its source, goes through the same three steps:
 2. `prepare`: resize by the data format's `scale` (IAM scans are ~300 dpi; the default 0.5
    works at ~150 dpi, as the paper does), then shrink further, keeping the aspect ratio, only
    if the result exceeds the data format's `max_height` x `max_width` frame.
-3. `collate`: images are placed at the top-left corner of a canvas as large as the largest
-   image in the batch, rounded up to a multiple of the encoder stride (32), and padded with
-   paper white. `to_tensor` maps paper to 0.0 and ink to 1.0, so padding is exactly zero.
+3. `pad_batch`: images are placed at the top-left corner of a canvas as large as the largest
+   image in the batch, rounded up to the data format's `canvas_multiple` (multiples of the
+   encoder stride, 32), and padded with paper white. `to_tensor` maps paper to 0.0 and ink to 1.0, so padding is exactly zero.
    The valid (unpadded) size of each image travels with the batch; the encoder turns it into
    the memory key padding mask, so padded regions are never attended.
 
@@ -101,12 +101,16 @@ def to_tensor(arr: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(1.0 - arr.astype(np.float32) / 255.0).unsqueeze(0)
 
 
-def pad_batch(images: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Place tensors (1, h, w) top-left on a paper canvas (B, 1, H, W), H and W multiples of
-    STRIDE. Returns the canvas and the valid sizes (B, 2) as (h, w)."""
+def pad_batch(
+    images: list[torch.Tensor], multiple: tuple[int, int] = (STRIDE, STRIDE)
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Place tensors (1, h, w) top-left on a paper canvas (B, 1, H, W), H and W rounded up to
+    `multiple` (the data format's `canvas_multiple`, multiples of STRIDE: coarser canvases
+    mean fewer distinct tensor shapes, which CPU kernels compile once per shape).
+    Returns the canvas and the valid sizes (B, 2) as (h, w)."""
     sizes = torch.tensor([img.shape[-2:] for img in images], dtype=torch.long)
-    height = -(-int(sizes[:, 0].max()) // STRIDE) * STRIDE
-    width = -(-int(sizes[:, 1].max()) // STRIDE) * STRIDE
+    height = -(-int(sizes[:, 0].max()) // multiple[0]) * multiple[0]
+    width = -(-int(sizes[:, 1].max()) // multiple[1]) * multiple[1]
     canvas = images[0].new_zeros(len(images), 1, height, width)  # 0.0 = paper white
     for i, img in enumerate(images):
         canvas[i, :, : img.shape[-2], : img.shape[-1]] = img

@@ -52,3 +52,10 @@ def test_load_image_errors(tmp_path):
     (tmp_path / "text.png").write_text("not an image")
     with pytest.raises(ImageError, match="not a readable image"):
         load_image(tmp_path / "text.png")
+
+
+def test_pad_batch_canvas_multiple():
+    images = [to_tensor(np.zeros((40, 300), np.uint8)), to_tensor(np.zeros((70, 20), np.uint8))]
+    canvas, sizes = pad_batch(images, (96, 256))
+    assert canvas.shape == (2, 1, 96, 512) and sizes.tolist() == [[40, 300], [70, 20]]
+    assert canvas[:, :, 70:].abs().sum() == 0 and canvas[:, :, :, 300:].abs().sum() == 0
