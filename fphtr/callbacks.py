@@ -117,14 +117,25 @@ class PageCurriculum(pl.Callback):
             proba = start_proba + (self.final_proba - start_proba) * progress
         return lines, proba
 
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def _apply(self, trainer: pl.Trainer, step: int) -> tuple[int, float]:
         data = trainer.datamodule.train
         if not hasattr(self, "start_proba"):
             self.start_proba = data.synthetic_proba
-        lines, proba = self.state(trainer.global_step, self.start_proba)
+        lines, proba = self.state(step, self.start_proba)
         for ds in (data.base, data.synthetic):
             if hasattr(ds, "set_max_lines"):
                 ds.set_max_lines(lines)
         data.synthetic_proba = proba
+        return lines, proba
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # a run resumed mid-epoch gets no on_train_epoch_start for that epoch: apply the
+        # state the epoch started with, as the interrupted run did
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.completed
+        if 0 < done < trainer.num_training_batches:
+            self._apply(trainer, trainer.global_step - done // trainer.accumulate_grad_batches)
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        lines, proba = self._apply(trainer, trainer.global_step)
         pl_module.log("curriculum/max_lines", float(lines))
         pl_module.log("curriculum/synthetic_proba", proba)
