@@ -30,14 +30,17 @@ def build_loggers(
     run_name: str,
     group: str | None,
     run_id: str | None = None,
+    resumed_step: int | None = None,
 ) -> list[Logger]:
-    """`cfg` is the resolved config; returns zero or one logger. `run_id`: the W&B run a
-    resumed training continues (stored in its checkpoints)."""
+    """`cfg` is the resolved config; returns zero or one logger. A resumed training passes
+    the W&B run it continues (`run_id`, stored in its checkpoints) and its first step."""
     lc = cfg["logger"]
     if lc["kind"] == "none":
         return []
     if lc["kind"] == "csv":
-        return [CSVLogger(save_dir=output_dir, name="csv", version="")]
+        # a resumed run writes csv/resumed-step<N>/ (Lightning replaces an existing file)
+        version = "" if resumed_step is None else f"resumed-step{resumed_step}"
+        return [CSVLogger(save_dir=output_dir, name="csv", version=version)]
     offline = lc["offline"] if lc["offline"] is not None else not wandb_key_configured()
     tags = [
         *cfg.get("tags", []),

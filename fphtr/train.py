@@ -170,8 +170,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     callbacks, checkpoint = build_callbacks(config, output_dir)
     run_name, group = _run_identity(cfg)
     run_id = resume.get("wandb_run_id") if resume else None
+    resumed_step = resume.get("global_step", 0) if resume else None
     del resume
-    loggers = build_loggers(config, output_dir, run_name, group, run_id=run_id)
+    loggers = build_loggers(config, output_dir, run_name, group, run_id, resumed_step)
     try:
         trainer = pl.Trainer(
             **config["trainer"],

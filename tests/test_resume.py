@@ -28,6 +28,7 @@ ARGS = [
     "run_test=false",
     "data_format.max_target_len=20",
     "callbacks.train_cer_samples=0",
+    "logger=csv",
 ]
 STEPS = 4
 
@@ -103,6 +104,8 @@ def test_sigkill_after_an_epoch_checkpoint_then_resume_equals_uninterrupted(refe
     assert code == 0, err[-3000:]
     assert f"steps            {STEPS}" in out
     assert_same_run(metrics(run_dir), uninterrupted(reference))
+    # the resumed run logs next to the interrupted run's CSV log, never over it
+    assert (run_dir / "csv" / "resumed-step2" / "metrics.csv").is_file()
 
 
 def test_sigterm_saves_a_checkpoint_and_resume_continues_the_same_wandb_run(reference, tmp_path):
