@@ -29,11 +29,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
-import torch.nn.functional as F
 
 from fphtr.data.tokenizer import EOS, PAD, SOS
 from fphtr.model.decoder import Decoder
-from fphtr.model.encoder import positional_encoding_1d
 from fphtr.model.fphtr import FPHTR
 
 CPU_DECODE_THREADS = 1  # intra-op threads of the CPU step loop (see the module docstring)
@@ -56,12 +54,10 @@ def _step_threads(device: torch.device) -> Iterator[None]:
 class IncrementalDecoder:
     """One-token-at-a-time inference of a `Decoder` with cached keys and values.
 
-    It computes exactly `Decoder.forward` in eval mode (pre-norm layers, unscaled token
-    embeddings plus sinusoidal positions, no dropout) but calls the layers' weights
-    directly: at one token per step the work is small and Python module calls, per-step
-    positional encodings and mask rebuilding would be a large share of it. Cross-attention
-    keys/values of the memory are projected once here. tests/model/test_model.py and
-    tests/test_decoding_speed.py check it against `Decoder.forward` on whole sequences.
+    It runs the decoder's own layers (`Decoder.forward` with a cache), so teacher forcing and
+    decoding share one implementation: each step feeds one token at its position and the
+    layers append their keys/values to the cache. Cross-attention keys/values of the memory
+    are projected once here, and shared by the `repeat` rows (beams) of an image.
 
     `reorder(rows)` makes row i continue the hypothesis of row rows[i] (beam search).
     """
@@ -75,58 +71,27 @@ class IncrementalDecoder:
         repeat: int = 1,  # rows per memory entry (beams); memory is projected only once
     ):
         self.dec = decoder
-        n, s, d = memory.shape
-        self.n, self.repeat, self.rows = n, repeat, n * repeat
-        self.nhead, self.d, self.head_dim = decoder.nhead, d, d // decoder.nhead
-        # the memory's keys/values for every layer, each (N, nh, S, hd), computed once and
-        # shared by the `repeat` rows of an image (they attend as `repeat` query positions)
-        self.mem_kv = decoder.memory_kv(memory)
-        # padded memory is never attended; no mask at all when nothing is padded
-        mask = ~padding[:, None, None, :]  # (N, 1, 1, S)
-        self.mem_mask = None if bool(mask.all()) else mask
-        self.positions = positional_encoding_1d(max_len, d, memory.device)  # (max_len, d)
-        shape = (self.rows, self.nhead, max_len, self.head_dim)
-        self.k_cache = [memory.new_zeros(shape) for _ in decoder.layers]
-        self.v_cache = [memory.new_zeros(shape) for _ in decoder.layers]
+        mem_kv = decoder.memory_kv(memory)  # per layer (N, nh, S, hd), computed once
+        if repeat > 1:  # every beam of an image reads the same projected memory
+            mem_kv = [(k.repeat_interleave(repeat, 0), v.repeat_interleave(repeat, 0))
+                      for k, v in mem_kv]  # fmt: skip
+            padding = padding.repeat_interleave(repeat, 0)
+        self.mem_kv, self.padding = mem_kv, padding
+        self.cache = decoder.new_cache(memory.shape[0] * repeat, max_len, memory)
         self.pos = 0  # position of the next token
-
-    def _heads(self, x: torch.Tensor) -> torch.Tensor:  # (rows, d) -> (rows, nh, 1, hd)
-        return x.view(self.rows, self.nhead, 1, self.head_dim)
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens (rows,) at position `pos` -> logits (rows, vocab) for the next token."""
-        t, d, dec = self.pos, self.d, self.dec
-        x = dec.embed(tokens) + self.positions[t]  # (rows, d)
-        for i, layer in enumerate(dec.layers):
-            n1, n2, n3 = layer.norm1, layer.norm2, layer.norm3
-            h = F.layer_norm(x, (d,), n1.weight, n1.bias, n1.eps)
-            q, k, v = F.linear(h, layer.self_qkv.weight, layer.self_qkv.bias).chunk(3, dim=-1)
-            kc, vc = self.k_cache[i], self.v_cache[i]
-            kc[:, :, t] = k.view(self.rows, self.nhead, self.head_dim)
-            vc[:, :, t] = v.view(self.rows, self.nhead, self.head_dim)
-            a = F.scaled_dot_product_attention(self._heads(q), kc[:, :, : t + 1], vc[:, :, : t + 1])
-            x = x + F.linear(a.view(self.rows, d), layer.self_out.weight, layer.self_out.bias)
-
-            h = F.layer_norm(x, (d,), n2.weight, n2.bias, n2.eps)
-            q = F.linear(h, layer.cross_q.weight, layer.cross_q.bias)
-            q = q.view(self.n, self.repeat, self.nhead, self.head_dim).transpose(1, 2)
-            a = F.scaled_dot_product_attention(q, *self.mem_kv[i], attn_mask=self.mem_mask)
-            a = a.transpose(1, 2).reshape(self.rows, d)  # (N, nh, R, hd) -> (rows, d)
-            x = x + F.linear(a, layer.cross_out.weight, layer.cross_out.bias)
-
-            h = F.layer_norm(x, (d,), n3.weight, n3.bias, n3.eps)
-            up, act, _, down = layer.ff
-            x = x + F.linear(act(F.linear(h, up.weight, up.bias)), down.weight, down.bias)
+        logits = self.dec(tokens[:, None], self.mem_kv, self.padding, self.cache, self.pos)
         self.pos += 1
-        x = F.layer_norm(x, (d,), dec.norm.weight, dec.norm.bias, dec.norm.eps)
-        return F.linear(x, dec.classifier.weight, dec.classifier.bias)
+        return logits[:, -1]
 
     def reorder(self, rows: torch.Tensor) -> None:
         """Row i continues from row rows[i]; only the filled part of the cache is copied."""
         t = self.pos
-        for kc, vc in zip(self.k_cache, self.v_cache, strict=True):
-            kc[:, :, :t] = kc[rows, :, :t]
-            vc[:, :, :t] = vc[rows, :, :t]
+        for c in self.cache:
+            c.k[:, :, :t] = c.k[rows, :, :t]
+            c.v[:, :, :t] = c.v[rows, :, :t]
 
 
 def _full_step(dec: Decoder, memory: torch.Tensor, padding: torch.Tensor, prefix: torch.Tensor):
