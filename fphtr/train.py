@@ -187,6 +187,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             raise TrainingStopped(
                 f"training stopped: {e}. Checkpoints kept: {', '.join(kept) or 'none yet'}"
             ) from e
+        if "val/cer" not in trainer.callback_metrics and not trainer.interrupted:
+            # training ended before its first scheduled validation (e.g. a short max_steps):
+            # validate the final weights, so every run reports val/cer and val/wer
+            trainer.validate(module, datamodule=datamodule, verbose=False)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         if config["run_test"]:
             best = checkpoint.best_model_path or None
