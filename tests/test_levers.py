@@ -142,4 +142,3 @@ def test_pretrained_encoder_weights_from_a_local_file(tmp_path):
     expected = resnet.conv1.weight.sum(dim=1, keepdim=True)
     assert torch.allclose(model.encoder.trunk[0].weight, expected)
     assert torch.equal(model.encoder.trunk[4][0].conv1.weight, resnet.layer1[0].conv1.weight)
-

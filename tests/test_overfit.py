@@ -14,8 +14,15 @@ from .conftest import TINY, compose_train
 
 def test_overfitting_a_few_lines_drives_cer_to_zero(tmp_path):
     cfg = compose_train(
-        [*TINY, "data_format=word", "data_format.scale=0.3", "dataset.val_size=4",
-         "decoder.dropout=0", "encoder.dropout=0", "optim.label_smoothing=0"],  # fmt: skip
+        [
+            *TINY,
+            "data_format=word",
+            "data_format.scale=0.3",
+            "dataset.val_size=4",
+            "decoder.dropout=0",
+            "encoder.dropout=0",
+            "optim.label_smoothing=0",
+        ],  # fmt: skip
         tmp_path,
     )
     config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)

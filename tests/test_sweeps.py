@@ -29,9 +29,17 @@ def optuna_sweep(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("sweep")
     sweep_dir = tmp / "multirun" / "sweep"
     out = run(
-        ["-m", "fphtr.train", "-m", "--config-dir", str(REPO / "tests" / "configs"),
-         "hparams_search=test_sweep", *SWEEP_TINY, "logger=wandb",
-         f"hydra.sweep.dir={sweep_dir}"],  # fmt: skip
+        [
+            "-m",
+            "fphtr.train",
+            "-m",
+            "--config-dir",
+            str(REPO / "tests" / "configs"),
+            "hparams_search=test_sweep",
+            *SWEEP_TINY,
+            "logger=wandb",
+            f"hydra.sweep.dir={sweep_dir}",
+        ],  # fmt: skip
         tmp,
     )
     assert out.returncode == 0, out.stderr[-3000:]

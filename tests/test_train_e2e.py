@@ -67,8 +67,14 @@ def test_wandb_offline_files_and_sync_command(wandb_run):
 def test_rerun_from_saved_config_reproduces_the_run(wandb_run, tmp_path):
     run_dir, _ = wandb_run
     out = run_train(
-        ["--config-path", str(run_dir / ".hydra"), "--config-name", "config",
-         "logger.kind=none", f"hydra.run.dir={tmp_path / 'again'}"],  # fmt: skip
+        [
+            "--config-path",
+            str(run_dir / ".hydra"),
+            "--config-name",
+            "config",
+            "logger.kind=none",
+            f"hydra.run.dir={tmp_path / 'again'}",
+        ],  # fmt: skip
         tmp_path,
     )
     assert out.returncode == 0, out.stderr[-3000:]
