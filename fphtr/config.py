@@ -83,10 +83,14 @@ class SyntheticDatasetConfig:
     val_size: int = 256
     test_size: int = 256
     val_writers: list[str] = field(default_factory=lambda: ["kalam", "shadows-into-light"])
+    train_writers: list[str] | None = None  # null = every writer not in val_writers
     min_lines: int = 1  # forms
     max_lines: int = 10
     min_words: int = 3  # lines and form lines
     max_words: int = 9
+    # lines: fill a wrap width drawn from [low, high] px at scale 1 instead of taking
+    # min_words..max_words words (similar widths pad less in a batch); null = word counts
+    line_width: list[float] | None = None
 
 
 class IAMSplit(Enum):
@@ -280,6 +284,21 @@ def validate(cfg: DictConfig) -> None:
                f"1 <= min_lines <= max_lines={ds.max_lines}")  # fmt: skip
         _check(1 <= ds.min_words <= ds.max_words, "dataset.min_words", ds.min_words,
                f"1 <= min_words <= max_words={ds.max_words}")  # fmt: skip
+        from fphtr.data.synthetic import WRITERS
+
+        for key in ("val_writers", "train_writers"):
+            names = list(ds[key] or [])
+            _check(set(names) <= set(WRITERS), f"dataset.{key}", names,
+                   f"names from {', '.join(WRITERS)}")  # fmt: skip
+        _check(len(ds.val_writers) > 0, "dataset.val_writers", [], "at least one writer")
+        shared = sorted(set(ds.train_writers or []) & set(ds.val_writers))
+        _check(not shared, "dataset.train_writers", list(ds.train_writers or []),
+               f"writers not in dataset.val_writers (validation must use unseen writers; "
+               f"shared: {', '.join(shared)})")  # fmt: skip
+        lw = ds.line_width
+        _check(lw is None or (len(lw) == 2 and 0 < lw[0] <= lw[1]), "dataset.line_width",
+               None if lw is None else list(lw),
+               "null or [low, high] px at scale 1 with 0 < low <= high")  # fmt: skip
     if cfg.dataset.name == "iam":
         ds = cfg.dataset
         fr = list(ds.writers_fractions)

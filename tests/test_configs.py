@@ -97,6 +97,9 @@ def test_unknown_group_option_lists_available_ones():
         ("augmentation.synthetic_proba=2", "augmentation.synthetic_proba"),
         ("optim.lr=-1", "optim.lr"),
         ("dataset.min_lines=5", "dataset.min_lines"),
+        ("dataset.val_writers=[kalm]", "dataset.val_writers"),
+        ("dataset.train_writers=[caveat,kalam]", "dataset.train_writers"),
+        ("dataset.line_width=[800,500]", "dataset.line_width"),
     ],
 )
 def test_impossible_values_are_rejected_before_work(override, key):

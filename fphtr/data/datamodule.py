@@ -200,9 +200,11 @@ def build_datasets(config: dict[str, Any]) -> tuple[dict[str, Dataset], str, Dat
             "seed": config["seed"],
             "scale": fmt["scale"],
             "val_writers": ds["val_writers"],
+            "train_writers": ds["train_writers"],
             "min_lines": ds["min_lines"],
             "max_lines": ds["max_lines"],
             "words_per_line": (ds["min_words"], ds["max_words"]),
+            "line_width": tuple(ds["line_width"]) if ds["line_width"] else None,
         }
         splits = {
             split: synthetic.SyntheticHandwriting(
@@ -220,7 +222,8 @@ def build_datasets(config: dict[str, Any]) -> tuple[dict[str, Dataset], str, Dat
                 fmt["name"],
                 size=ds["train_size"],
                 seed=config["seed"],
-                line_width=(600 * s, 2000 * s),  # about 3 to 9 words, like the line samples
+                # about 3 to 9 words, like the line samples, unless those fill a given width
+                line_width=tuple(w * s for w in common["line_width"] or (600, 2000)),
                 page_width=(1700 * s, 2300 * s),  # SyntheticHandwriting's form_width
                 lines_per_form=range(ds["min_lines"], ds["max_lines"] + 1),
                 margin=(20 * s, 70 * s),

@@ -321,8 +321,15 @@ class HandwritingRenderer:
                 width += _glyph(style.face, style.size, ch).advance + style.tracking
         return width
 
-    def wrap(self, words: Sequence[str], max_width: float, style: WriterStyle) -> list[str]:
-        """Greedy word wrap to `max_width` px as this hand would write it."""
+    def wrap(
+        self,
+        words: Sequence[str],
+        max_width: float,
+        style: WriterStyle,
+        max_lines: int | None = None,
+    ) -> list[str]:
+        """Greedy word wrap to `max_width` px as this hand would write it; stops after
+        `max_lines` full lines if given (measuring glyphs is the costly part)."""
         lines: list[str] = []
         current: list[str] = []
         width = 0.0
@@ -330,6 +337,8 @@ class HandwritingRenderer:
             w = self.text_width(word, style)
             if current and width + style.word_gap + w > max_width:
                 lines.append(" ".join(current))
+                if max_lines is not None and len(lines) >= max_lines:
+                    return lines
                 current, width = [], 0.0
             width += (style.word_gap if current else 0.0) + w
             current.append(word)
@@ -511,14 +520,20 @@ class SyntheticHandwriting(torch.utils.data.Dataset):
         seed: int = 0,
         scale: float = 0.5,
         val_writers: Sequence[str] = DEFAULT_VAL_WRITERS,
+        train_writers: Sequence[str] | None = None,
         min_lines: int = 1,
         max_lines: int = 10,
         words_per_line: tuple[int, int] = (3, 9),
+        line_width: tuple[float, float] | None = None,
         form_width: tuple[float, float] = (1700, 2300),
         iam_word_tokens: float = 0.85,
     ) -> None:
-        """form_width: range of the line wrap width in px at scale 1 (IAM's handwritten
-        block is ~2000-2300 px wide). iam_word_tokens: probability that a "word" sample
+        """train_writers: the writers of the train split (default: all not in val_writers);
+        never any of val_writers. line_width: if given, line samples hold as many words as fit a wrap width drawn
+        from this range (px at scale 1), like lines cut from a text block, instead of
+        `words_per_line` words: similar widths pad less in a batch. form_width: range of the
+        line wrap width of forms in px at scale 1 (IAM's handwritten block is ~2000-2300 px
+        wide). iam_word_tokens: probability that a "word" sample
         splits punctuation off as IAM does (`said,` -> `said`, `,`)."""
         # Accept config enums (e.g. DataFormatName.line) as well as plain strings.
         split, kind = str(getattr(split, "value", split)), str(getattr(kind, "value", kind))
@@ -535,7 +550,25 @@ class SyntheticHandwriting(torch.utils.data.Dataset):
             raise ValueError(f"need 1 <= min_lines <= max_lines, got {min_lines}, {max_lines}")
         if not 1 <= words_per_line[0] <= words_per_line[1]:
             raise ValueError(f"bad words_per_line {words_per_line}")
-        writers = [w for w in WRITERS if (w in val_writers) == (split != "train")]
+        if line_width is not None and not 0 < line_width[0] <= line_width[1]:
+            raise ValueError(f"need 0 < line_width[0] <= line_width[1], got {line_width}")
+        unknown = set(train_writers or ()) - set(WRITERS)
+        if unknown:
+            raise ValueError(f"unknown train_writers {sorted(unknown)}; choose from {WRITERS}")
+        shared = set(train_writers or ()) & set(val_writers)
+        if shared:
+            raise ValueError(
+                f"train_writers {sorted(shared)} are also val_writers: validation must use "
+                "writers the model never trained on"
+            )
+        if split == "train":
+            writers = (
+                [w for w in WRITERS if w in train_writers]
+                if train_writers
+                else [w for w in WRITERS if w not in val_writers]
+            )
+        else:
+            writers = [w for w in WRITERS if w in val_writers]
         if not writers:
             raise ValueError(f"no writers left for split {split!r} with val_writers={val_writers}")
         self.split, self.kind, self.size, self.seed = split, kind, size, seed
@@ -543,6 +576,7 @@ class SyntheticHandwriting(torch.utils.data.Dataset):
         self.renderer = HandwritingRenderer(self.writers, scale)
         self.min_lines, self.max_lines = min_lines, max_lines
         self.words_per_line = words_per_line
+        self.line_width = line_width
         self.form_width = form_width
         self.iam_word_tokens = iam_word_tokens
         self.sentences = load_corpus(split)
@@ -571,9 +605,7 @@ class SyntheticHandwriting(torch.utils.data.Dataset):
             text = self._word_text(rng)
             image = self.renderer.render_word(text, rng, style)
         elif self.kind == "line":
-            text = " ".join(
-                self._passage(rng, int(rng.integers(*self.words_per_line, endpoint=True)))
-            )
+            text = self._line_text(rng, style)
             image = self.renderer.render_line(text, rng, style)
         else:
             lines = self._form_lines(rng, style)
@@ -602,12 +634,19 @@ class SyntheticHandwriting(torch.utils.data.Dataset):
             out += self.words[s][: n - len(out)]
         return out
 
+    def _line_text(self, rng: np.random.Generator, style: WriterStyle) -> str:
+        if self.line_width is None:
+            n = int(rng.integers(*self.words_per_line, endpoint=True))
+            return " ".join(self._passage(rng, n))
+        width = rng.uniform(*self.line_width) * self.renderer.scale
+        return self.renderer.wrap(self._passage(rng, 16), width, style, max_lines=1)[0]
+
     def _form_lines(self, rng: np.random.Generator, style: WriterStyle) -> list[str]:
         n_lines = int(rng.integers(self.min_lines, self.max_lines, endpoint=True))
         max_width = rng.uniform(*self.form_width) * self.renderer.scale
         n_words = 16 * n_lines
         while True:  # fetch more words until the wrap fills n_lines (rarely loops)
-            lines = self.renderer.wrap(self._passage(rng, n_words), max_width, style)
+            lines = self.renderer.wrap(self._passage(rng, n_words), max_width, style, n_lines + 1)
             if len(lines) > n_lines:
                 return lines[:n_lines]
             n_words *= 2

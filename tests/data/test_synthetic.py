@@ -116,6 +116,15 @@ def test_train_and_val_writers_and_texts_are_disjoint():
     assert all(s not in train_text for s in load_corpus("val"))
     custom = SyntheticHandwriting("val", "word", 2, val_writers=["caveat", "zeyada", "delius"])
     assert custom.writers == ("caveat", "delius", "zeyada")
+    # A chosen subset of training writers; validation writers can never be among them.
+    chosen = SyntheticHandwriting("train", "line", 24, train_writers=["delius", "caveat"])
+    assert chosen.writers == ("caveat", "delius")
+    assert {_writer_of(chosen, i) for i in range(24)} == {"caveat", "delius"}
+    assert SyntheticHandwriting("val", "line", 2, train_writers=["delius"]).writers == tuple(
+        w for w in WRITERS if w in DEFAULT_VAL_WRITERS
+    )
+    with pytest.raises(ValueError, match="also val_writers"):
+        SyntheticHandwriting("train", "line", 2, train_writers=["kalam"])
 
 
 def test_form_lines_and_curriculum():
@@ -138,6 +147,22 @@ def test_word_and_line_lengths():
     assert all(" " not in words[i].text for i in range(30))
     lines = SyntheticHandwriting("train", "line", 10, seed=3, words_per_line=(4, 6))
     assert all(4 <= len(lines[i].text.split(" ")) <= 6 for i in range(10))
+
+
+def test_lines_filling_a_width_vary_less_than_word_counts():
+    # line_width wraps a passage at a width drawn from the range: widths cluster, so batches
+    # pad less; word counts give lines from a few letters to several words.
+    scale, n = 0.3, 60
+    by_width = SyntheticHandwriting("train", "line", n, scale=scale, line_width=(550, 800))
+    by_words = SyntheticHandwriting("train", "line", n, scale=scale, words_per_line=(2, 5))
+    w_width = np.array([by_width[i].image.shape[1] for i in range(n)])
+    w_words = np.array([by_words[i].image.shape[1] for i in range(n)])
+    assert w_width.max() < 800 * scale * 1.25  # the wrap width plus margins and slant
+    assert w_width.std() < 0.6 * w_words.std()
+    texts = [by_width[i].text for i in range(n)]
+    assert all(t == t.strip() and t for t in texts) and len(set(texts)) > n - 5
+    with pytest.raises(ValueError, match="line_width"):
+        SyntheticHandwriting("train", "line", 4, line_width=(800, 500))
 
 
 def test_renderer_scale_and_crop():
