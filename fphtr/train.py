@@ -229,8 +229,10 @@ def _print_summary(m: dict[str, Any]) -> None:
         f"  test  CER / WER  {pct('test/cer')} / {pct('test/wer')}",
         f"  train CER        {pct('train/cer')}",
         f"  run directory    {m['run_dir']}",
-        f"  best checkpoint  {m['best_checkpoint'] or '-'}",
+        f"  best checkpoint  {m['best_checkpoint'] or '- (no validation during training)'}",
     ]
+    if m["last_checkpoint"]:  # the one to resume from; the only one if fit never validated
+        lines.append(f"  last checkpoint  {m['last_checkpoint']}")
     if m["wandb_sync"]:
         lines.append(f"  upload to W&B    {m['wandb_sync']}")
     print("\n".join(lines), flush=True)

@@ -62,6 +62,9 @@ def test_wandb_offline_files_and_sync_command(wandb_run):
     assert len(runs) == 1 and list(runs[0].glob("run-*.wandb"))
     assert f"wandb sync {runs[0]}" in out.stdout
     assert "val   CER / WER" in out.stdout and str(run_dir) in out.stdout
+    best = sorted((run_dir / "checkpoints").glob("best-*.ckpt"))
+    assert f"best checkpoint  {best[0]}" in out.stdout
+    assert f"last checkpoint  {run_dir / 'checkpoints' / 'last.ckpt'}" in out.stdout
 
 
 def test_rerun_from_saved_config_reproduces_the_run(wandb_run, tmp_path):
