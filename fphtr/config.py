@@ -284,17 +284,15 @@ def validate(cfg: DictConfig) -> None:
                f"1 <= min_lines <= max_lines={ds.max_lines}")  # fmt: skip
         _check(1 <= ds.min_words <= ds.max_words, "dataset.min_words", ds.min_words,
                f"1 <= min_words <= max_words={ds.max_words}")  # fmt: skip
-        from fphtr.data.synthetic import WRITERS
+        from fphtr.data.synthetic import split_writers
 
-        for key in ("val_writers", "train_writers"):
-            names = list(ds[key] or [])
-            _check(set(names) <= set(WRITERS), f"dataset.{key}", names,
-                   f"names from {', '.join(WRITERS)}")  # fmt: skip
-        _check(len(ds.val_writers) > 0, "dataset.val_writers", [], "at least one writer")
-        shared = sorted(set(ds.train_writers or []) & set(ds.val_writers))
-        _check(not shared, "dataset.train_writers", list(ds.train_writers or []),
-               f"writers not in dataset.val_writers (validation must use unseen writers; "
-               f"shared: {', '.join(shared)})")  # fmt: skip
+        for split in ("train", "val"):  # the dataset's own check, before any work
+            try:
+                split_writers(
+                    split, list(ds.val_writers), ds.train_writers and list(ds.train_writers)
+                )
+            except ValueError as e:
+                raise ConfigError(f"dataset.{e}") from None
         lw = ds.line_width
         _check(lw is None or (len(lw) == 2 and 0 < lw[0] <= lw[1]), "dataset.line_width",
                None if lw is None else list(lw),

@@ -56,6 +56,37 @@ class FontNotFoundError(RuntimeError):
     """A writer's font package is not installed."""
 
 
+def split_writers(
+    split: str, val_writers: Sequence[str], train_writers: Sequence[str] | None = None
+) -> tuple[str, ...]:
+    """The writers (fonts) of a split, in WRITERS order: val and test use `val_writers`;
+    train uses `train_writers`, by default every writer not in `val_writers`. A problem
+    raises ValueError naming the argument (config validation reports it the same way)."""
+    for name, chosen in (("val_writers", val_writers), ("train_writers", train_writers or ())):
+        if unknown := sorted(set(chosen) - set(WRITERS)):
+            raise ValueError(
+                f"{name}={list(chosen)} is not allowed: unknown {', '.join(unknown)}; "
+                f"choose from {', '.join(WRITERS)}"
+            )
+    if shared := sorted(set(train_writers or ()) & set(val_writers)):
+        raise ValueError(
+            f"train_writers={list(train_writers or ())} is not allowed: these are also "
+            f"val_writers: {', '.join(shared)}; validation must use writers the model never "
+            "trained on"
+        )
+    if split != "train":
+        writers = tuple(w for w in WRITERS if w in val_writers)
+    elif train_writers:
+        writers = tuple(w for w in WRITERS if w in train_writers)
+    else:
+        writers = tuple(w for w in WRITERS if w not in val_writers)
+    if not writers:
+        raise ValueError(
+            f"val_writers={list(val_writers)} is not allowed: no writers left for split {split!r}"
+        )
+    return writers
+
+
 # ----------------------------------------------------------------------------- fonts
 
 
@@ -528,13 +559,13 @@ class SyntheticHandwriting(torch.utils.data.Dataset):
         form_width: tuple[float, float] = (1700, 2300),
         iam_word_tokens: float = 0.85,
     ) -> None:
-        """train_writers: the writers of the train split (default: all not in val_writers);
-        never any of val_writers. line_width: if given, line samples hold as many words as fit a wrap width drawn
-        from this range (px at scale 1), like lines cut from a text block, instead of
-        `words_per_line` words: similar widths pad less in a batch. form_width: range of the
-        line wrap width of forms in px at scale 1 (IAM's handwritten block is ~2000-2300 px
-        wide). iam_word_tokens: probability that a "word" sample
-        splits punctuation off as IAM does (`said,` -> `said`, `,`)."""
+        """train_writers: the writers of the train split (default: all not in val_writers;
+        see `split_writers`). line_width: if given, line samples hold as many words as fit a
+        wrap width drawn from this range (px at scale 1), like lines cut from a text block,
+        instead of `words_per_line` words: similar widths pad less in a batch. form_width:
+        range of the line wrap width of forms in px at scale 1 (IAM's handwritten block is
+        ~2000-2300 px wide). iam_word_tokens: probability that a "word" sample splits
+        punctuation off as IAM does (`said,` -> `said`, `,`)."""
         # Accept config enums (e.g. DataFormatName.line) as well as plain strings.
         split, kind = str(getattr(split, "value", split)), str(getattr(kind, "value", kind))
         if split not in SPLITS:
@@ -543,36 +574,15 @@ class SyntheticHandwriting(torch.utils.data.Dataset):
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
         if size < 1:
             raise ValueError(f"size must be >= 1, got {size}")
-        unknown = set(val_writers) - set(WRITERS)
-        if unknown:
-            raise ValueError(f"unknown val_writers {sorted(unknown)}; choose from {WRITERS}")
         if not 1 <= min_lines <= max_lines:
             raise ValueError(f"need 1 <= min_lines <= max_lines, got {min_lines}, {max_lines}")
         if not 1 <= words_per_line[0] <= words_per_line[1]:
             raise ValueError(f"bad words_per_line {words_per_line}")
         if line_width is not None and not 0 < line_width[0] <= line_width[1]:
             raise ValueError(f"need 0 < line_width[0] <= line_width[1], got {line_width}")
-        unknown = set(train_writers or ()) - set(WRITERS)
-        if unknown:
-            raise ValueError(f"unknown train_writers {sorted(unknown)}; choose from {WRITERS}")
-        shared = set(train_writers or ()) & set(val_writers)
-        if shared:
-            raise ValueError(
-                f"train_writers {sorted(shared)} are also val_writers: validation must use "
-                "writers the model never trained on"
-            )
-        if split == "train":
-            writers = (
-                [w for w in WRITERS if w in train_writers]
-                if train_writers
-                else [w for w in WRITERS if w not in val_writers]
-            )
-        else:
-            writers = [w for w in WRITERS if w in val_writers]
-        if not writers:
-            raise ValueError(f"no writers left for split {split!r} with val_writers={val_writers}")
+        writers = split_writers(split, val_writers, train_writers)
         self.split, self.kind, self.size, self.seed = split, kind, size, seed
-        self.writers = tuple(writers)
+        self.writers = writers
         self.renderer = HandwritingRenderer(self.writers, scale)
         self.min_lines, self.max_lines = min_lines, max_lines
         self.words_per_line = words_per_line
@@ -639,14 +649,22 @@ class SyntheticHandwriting(torch.utils.data.Dataset):
             n = int(rng.integers(*self.words_per_line, endpoint=True))
             return " ".join(self._passage(rng, n))
         width = rng.uniform(*self.line_width) * self.renderer.scale
-        return self.renderer.wrap(self._passage(rng, 16), width, style, max_lines=1)[0]
+        return self._full_lines(rng, style, 1, width)[0]
 
     def _form_lines(self, rng: np.random.Generator, style: WriterStyle) -> list[str]:
         n_lines = int(rng.integers(self.min_lines, self.max_lines, endpoint=True))
         max_width = rng.uniform(*self.form_width) * self.renderer.scale
+        return self._full_lines(rng, style, n_lines, max_width)
+
+    def _full_lines(
+        self, rng: np.random.Generator, style: WriterStyle, n_lines: int, max_width: float
+    ) -> list[str]:
+        """The first n_lines lines of a passage wrapped at max_width px, each filled up to
+        the wrap (so the last line is as full as the others)."""
         n_words = 16 * n_lines
         while True:  # fetch more words until the wrap fills n_lines (rarely loops)
-            lines = self.renderer.wrap(self._passage(rng, n_words), max_width, style, n_lines + 1)
-            if len(lines) > n_lines:
-                return lines[:n_lines]
+            words = self._passage(rng, n_words)
+            lines = self.renderer.wrap(words, max_width, style, max_lines=n_lines)
+            if sum(line.count(" ") + 1 for line in lines) < len(words):  # stopped on a full line
+                return lines
             n_words *= 2
