@@ -10,7 +10,8 @@ Every image, whatever its source, goes through the same three steps:
    if the result exceeds the data format's `max_height` x `max_width` frame.
 3. `pad_batch`: images are placed at the top-left corner of a canvas as large as the largest
    image in the batch, rounded up to the data format's `canvas_multiple` (multiples of the
-   encoder stride, 32), and padded with paper white. `to_tensor` maps paper to 0.0 and ink to 1.0, so padding is exactly zero.
+   encoder stride, 32), and padded with paper white. `to_tensor` maps paper to 0.0 and ink
+   to 1.0, so padding is exactly zero.
    The valid (unpadded) size of each image travels with the batch; the encoder turns it into
    the memory key padding mask, so padded regions are never attended.
 
