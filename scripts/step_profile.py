@@ -50,7 +50,7 @@ def main() -> None:
     config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     dm = build_datamodule(config)
     dm.setup("fit")
-    train = dm.train_dataloader().dataset
+    train = dm.train  # the training dataset, augmentation included
 
     t = time.perf_counter()
     for i in range(64):
