@@ -69,6 +69,13 @@ def transfer_tokenizer(path: str | Path, tokenizer: Tokenizer) -> tuple[Tokenize
     return merged, added
 
 
+# weights with one row per vocabulary id
+VOCAB_ROWS = (
+    "decoder.embed.weight", "decoder.classifier.weight", "decoder.classifier.bias",
+    "ctc.classifier.weight", "ctc.classifier.bias",
+)  # fmt: skip
+
+
 def init_from_checkpoint(model: FPHTR, path: str | Path) -> None:
     """Initialise `model` from another run's weights (e.g. a line model for pages).
 
@@ -79,9 +86,11 @@ def init_from_checkpoint(model: FPHTR, path: str | Path) -> None:
     n_old = len(Tokenizer.from_dict(ckpt["fphtr"]["tokenizer"]))
     state = model.state_dict()
     for key, value in model_weights(ckpt).items():
+        if key.startswith("ctc.") and model.ctc is None:
+            continue  # a CTC-trained source starts a model without the head (e.g. pages)
         if key not in state:
             raise CheckpointError(f"{path}: weight {key} has no place in this model")
-        if key in ("decoder.embed.weight", "decoder.classifier.weight", "decoder.classifier.bias"):
+        if key in VOCAB_ROWS:
             state[key][:n_old] = value  # rows of known characters; new rows stay fresh
         elif state[key].shape != value.shape:
             raise CheckpointError(
