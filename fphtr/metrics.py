@@ -8,8 +8,11 @@ number of reference characters (CER) or words (WER), never a mean of per-sample 
 - WER splits on any whitespace (so a line break also separates words); punctuation stays
   attached to its word, as written.
 
-Edit counts come from jiwer; `ErrorRates` sums them in torchmetrics states so that under
-DDP the totals are summed across processes before dividing.
+Edit counts come from jiwer, on the raw strings: its default character transform strips
+leading and trailing whitespace, which would leave a trailing "\\n" or a runaway run of
+spaces uncharged, so `_CHARS` only splits into characters. `ErrorRates` sums the counts in
+torchmetrics states so that under DDP the totals are summed across processes before
+dividing.
 """
 
 from __future__ import annotations
@@ -20,14 +23,19 @@ import jiwer
 import torch
 from torchmetrics import Metric
 
+# every character as written, edge whitespace included (jiwer's default strips it)
+_CHARS = jiwer.ReduceToListOfListOfChars()
+
 
 def char_edits(reference: str, hypothesis: str) -> tuple[int, int]:
-    """(edit operations, reference length) at character level."""
+    """(edit operations, reference length) at character level, every character counted."""
     if not reference:
         return len(hypothesis), 0
     if not hypothesis:
         return len(reference), len(reference)
-    out = jiwer.process_characters(reference, hypothesis)
+    out = jiwer.process_characters(
+        reference, hypothesis, reference_transform=_CHARS, hypothesis_transform=_CHARS
+    )
     return out.substitutions + out.deletions + out.insertions, len(reference)
 
 

@@ -48,3 +48,22 @@ def test_error_rates_accumulates_corpus_totals():
     out = m.compute()
     assert float(out["cer"]) == pytest.approx(0.1)
     assert float(out["wer"]) == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize(
+    "ref,hyp,expected",
+    [
+        ("abc", "abc ", (1, 3)),  # a trailing space is an inserted character
+        ("abc", " abc", (1, 3)),  # so is a leading one
+        (" abc", "abc", (1, 4)),  # and a reference's edge space counts and can be missed
+        ("a\nb", "a\nb\n", (1, 3)),  # a page hypothesis ending in a line break
+        ("ab", "ab" + " " * 20, (20, 2)),  # a runaway run of spaces is charged in full
+        ("", " \n", (2, 0)),  # empty reference: every hypothesis character is an edit
+        ("  ", "", (2, 2)),
+    ],
+)
+def test_cer_counts_edge_whitespace(ref, hyp, expected):
+    assert char_edits(ref, hyp) == expected
+    m = ErrorRates()
+    m.update([ref], [hyp])
+    assert int(m.char_edits) == expected[0] and int(m.chars) == expected[1]
