@@ -155,14 +155,27 @@ def _check_image(path: Path) -> str | None:
 # ----------------------------------------------------------------------------- ascii files
 
 _ASCII_FORMAT = {  # file: (min fields, integer field slice)
-    "forms": (8, slice(4, 8)),
-    "lines": (9, slice(2, 8)),
-    "words": (10, slice(2, 8)),
+    "forms": (8, slice(4, 8)),  # id writer sentences all/prt lines ok-lines words ok-words
+    "lines": (9, slice(2, 8)),  # id ok/err grey components x y w h a|b|c
+    "words": (9, slice(2, 7)),  # id ok/err grey x y w h tag text
 }
 
 
+def _is_int(value: str) -> bool:
+    try:
+        int(value)
+    except ValueError:
+        return False
+    return True
+
+
 def _read_ascii(path: Path) -> tuple[dict[str, list[str]], list[str]]:
-    """(id -> fields, malformed record ids) of one ascii/*.txt file ('#' lines are comments)."""
+    """(id -> fields, malformed record ids) of one ascii/*.txt file ('#' lines are comments).
+
+    words.txt records are returned as IAM ships them, nine fields (`a01-000u-00-00 ok 154
+    408 768 27 51 AT A`), although its header advertises a component count after the grey
+    level; records that have that count (ten fields, the 8th an integer, where IAM's has the
+    tag) are accepted too and returned without it."""
     min_fields, ints = _ASCII_FORMAT[path.stem]
     records: dict[str, list[str]] = {}
     bad: list[str] = []
@@ -171,14 +184,13 @@ def _read_ascii(path: Path) -> tuple[dict[str, list[str]], list[str]]:
             if row.startswith("#") or not row.strip():
                 continue
             fields = row.split()
+            if path.stem == "words" and len(fields) >= 10 and _is_int(fields[7]):
+                fields = fields[:3] + fields[4:]  # drop the component count
             ok = len(fields) >= min_fields
             if ok and path.stem != "forms":
                 ok = fields[1] in ("ok", "err", "er")
             if ok:
-                try:
-                    [int(v) for v in fields[ints]]
-                except ValueError:
-                    ok = False
+                ok = all(_is_int(v) for v in fields[ints])
             if ok:
                 records[fields[0]] = fields
             else:
@@ -310,7 +322,7 @@ class IAM:
                     if box:
                         boxes.append(box)
                 record = records["words"].get(word_id)
-                box = _union(boxes) or (_xywh(record[4:8]) if record else None)
+                box = _union(boxes) or (_xywh(record[3:7]) if record else None)
                 seg = ("ok" if record[1] == "ok" else "err") if record else line_seg
                 text = html.unescape(word_el.get("text", ""))
                 words.append(Word(word_id, text, seg, box))

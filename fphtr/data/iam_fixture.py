@@ -14,6 +14,7 @@ writes, like the real download:
                                     handwritten-part/line(text, segmentation, asx/asy/dsx/dsy)
                                     /word(text, tag)/cmp(x, y, width, height)
     ascii/forms.txt lines.txt words.txt        IAM's records after its '#' comment headers
+                                    (words.txt: nine fields, as IAM's records)
     largeWriterIndependentTextLineRecognitionTask/{trainset,validationset1,validationset2,
                                     testset}.txt        IAM's own task lists (line ids)
     splits/aachen/{train,validation,test}.uttlist       RWTH Aachen-style lists (form ids)
@@ -63,14 +64,12 @@ _FORMS_HEADER = """\
 #     000       -> writer id
 #     2         -> number of sentences
 #     prt       -> word segmentation
-#                  all: all words could be segmented correctly
-#                  prt: words could only partially be segmented
-#     7         -> number of lines
-#     5         -> number of lines with correct word segmentation
-#     52        -> number of words
-#     36        -> number of words with correct word segmentation
+#                     prt: some lines correctly segmented
+#                     all: all lines correctly segmented
+#     7 5       -> 5 of 7 lines are correctly segmented into words
+#     52 36     -> the form contains 52 words,
+#                  36 are in lines which have been correctly segmented
 #
-#-----------------------------------------------------------------------------#
 """
 _LINES_HEADER = """\
 #--- lines.txt ---------------------------------------------------------------#
@@ -415,9 +414,10 @@ def _write_ascii(out: Path, forms: list[FixtureForm], rng: np.random.Generator) 
     form_rows, line_rows, word_rows = [], [], []
     for form in forms:
         words = [w for line in form.lines for w in line.words]
+        # as IAM counts: lines segmented correctly, and the words in those lines
         ok_lines = sum(line.segmentation == "ok" for line in form.lines)
-        ok_words = sum(w.segmentation == "ok" for w in words)
-        seg = "all" if ok_words == len(words) else "prt"
+        ok_words = sum(len(line.words) for line in form.lines if line.segmentation == "ok")
+        seg = "all" if ok_lines == len(form.lines) else "prt"
         n_sentences = max(1, sum(line.text.count(".") for line in form.lines))
         form_rows.append(f"{form.id} {form.writer} {n_sentences} {seg} {len(form.lines)} "
                          f"{ok_lines} {len(words)} {ok_words}")  # fmt: skip
@@ -427,7 +427,8 @@ def _write_ascii(out: Path, forms: list[FixtureForm], rng: np.random.Generator) 
             line_rows.append(f"{line.id} {line.segmentation} {gray} {len(line.words)} "
                              f"{' '.join(map(str, line.box))} {tokens}")  # fmt: skip
             for w in line.words:
-                word_rows.append(f"{w.id} {w.segmentation} {gray} 1 "
+                # nine fields as in IAM's records: no component count (the header has one)
+                word_rows.append(f"{w.id} {w.segmentation} {gray} "
                                  f"{' '.join(map(str, w.box))} {_tag(w.text)} {w.text}")  # fmt: skip
     for name, header, rows in (("forms", _FORMS_HEADER, form_rows),
                                ("lines", _LINES_HEADER, line_rows),

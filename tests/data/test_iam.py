@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 from pathlib import Path
 
@@ -283,3 +284,79 @@ def test_an_unreadable_xml_skips_its_form_and_is_reported(iam_fixture, tmp_path)
     assert "b02-000" not in iam.forms and iam.problems["unreadable xml"] == 1
     items, skipped = iam.items("train", "form")
     assert len(items) == 3 and skipped["unreadable xml"] == 1
+
+
+def _records(path: Path) -> list[list[str]]:
+    return [r.split() for r in path.read_text().splitlines() if r and not r.startswith("#")]
+
+
+def test_fixture_ascii_records_have_iam_s_fields(iam_fixture):
+    """IAM's records (ascii.tgz), record for record:
+    forms.txt `a01-000u 000 2 prt 7 5 52 36`: id, writer, sentences, all/prt, lines, lines
+      segmented correctly, words, words in correctly segmented lines;
+    lines.txt `a01-000u-00 ok 154 19 408 746 1661 89 A|MOVE|to|stop|Mr.|Gaitskell|from`:
+      id, ok/err, grey level, components, x, y, w, h, transcription with | between words;
+    words.txt `a01-000u-00-00 ok 154 408 768 27 51 AT A`: id, ok/err, grey level, x, y, w,
+      h, tag, transcription: nine fields, no component count (its header says there is one)."""
+    ascii_dir = Path(iam_fixture.root) / "ascii"
+    forms = {f.id: f for f in iam_fixture.forms}
+    lines = {ln.id: ln for f in iam_fixture.forms for ln in f.lines}
+    words = {w.id: w for ln in lines.values() for w in ln.words}
+    for r in _records(ascii_dir / "forms.txt"):
+        form = forms[r[0]]
+        ok_lines = [ln for ln in form.lines if ln.segmentation == "ok"]
+        assert len(r) == 8 and r[1] == form.writer
+        assert r[3] == ("all" if len(ok_lines) == len(form.lines) else "prt")
+        assert [int(v) for v in r[4:]] == [len(form.lines), len(ok_lines),
+                                           sum(len(ln.words) for ln in form.lines),
+                                           sum(len(ln.words) for ln in ok_lines)]  # fmt: skip
+    for r in _records(ascii_dir / "lines.txt"):
+        line = lines[r[0]]
+        assert len(r) == 9 and r[1] == line.segmentation and r[2].isdigit() and r[3].isdigit()
+        assert tuple(int(v) for v in r[4:8]) == line.box
+        assert r[8] == "|".join(w.text for w in line.words)
+    records = _records(ascii_dir / "words.txt")
+    assert len(records) == len(words)
+    for r in records:
+        word = words[r[0]]
+        assert len(r) == 9 and r[1] == word.segmentation and r[2].isdigit()
+        assert tuple(int(v) for v in r[3:7]) == word.box and not r[7].isdigit()
+        assert r[8] == word.text
+
+
+@pytest.mark.parametrize("layout", ["iam", "with component count"])
+def test_words_txt_records_are_read_as_iam_ships_them(iam_fixture, tmp_path, layout):
+    """Nine-field words.txt records (IAM's) and ten-field ones (with the component count its
+    header advertises) both give every word, its segmentation flag and, without XML
+    boxes, its box."""
+    root = tmp_path / "iam"
+    shutil.copytree(iam_fixture.root, root, ignore=shutil.ignore_patterns("lines", "forms?-?"))
+    words_txt = root / "ascii" / "words.txt"
+    flipped = {}
+    rows = []
+    for k, r in enumerate(_records(words_txt)):
+        if k % 3 == 0:  # flags from words.txt, not from the XML line
+            r[1] = "ok" if r[1] == "err" else "err"
+            flipped[r[0]] = r[1]
+        if layout != "iam":
+            r = [*r[:3], "1", *r[3:]]
+        rows.append(" ".join(r))
+    words_txt.write_text("\n".join(rows) + "\n")
+    for xml in (root / "xml").glob("*.xml"):  # no <cmp> boxes: they come from words.txt
+        text = xml.read_text(encoding="latin-1")
+        xml.write_text(re.sub(r"<cmp [^>]*/>", "", text), encoding="latin-1")
+    iam = IAM(root, split="aachen", split_dir=root / "splits" / "aachen")
+    assert not iam.problems and not iam.bad_items
+    expected = {w.id: w for f in iam_fixture.forms for ln in f.lines for w in ln.words}
+    got = {w.id: w for f in iam.forms.values() for ln in f.lines for w in ln.words}
+    assert got.keys() == expected.keys()
+    for word_id, w in got.items():
+        x, y, bw, bh = expected[word_id].box
+        assert w.box == (x, y, x + bw, y + bh)
+        assert w.segmentation == flipped.get(word_id, expected[word_id].segmentation)
+    items, skipped = iam.items("train", "word")
+    n_ok = sum(w.segmentation == "ok" for f in iam.forms_of("train") for ln in f.lines
+               for w in ln.words)  # fmt: skip
+    assert len(items) == n_ok and set(skipped) == {
+        "segmentation err (dataset.keep_err_words=false)"
+    }
