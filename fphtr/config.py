@@ -61,6 +61,9 @@ class ModelConfig:
     # initialise weights from another run's checkpoint (e.g. a line model for pages);
     # unlike ckpt_path this starts a new run: fresh optimiser, step 0, vocabulary extended
     init_from: str | None = None
+    # set by presets that only make sense from a trained model (iam_forms_from_lines):
+    # validate refuses them without model.init_from instead of training from scratch
+    require_init_from: bool = False
 
 
 @dataclass
@@ -276,6 +279,12 @@ def validate(cfg: DictConfig) -> None:
     for key, v in cfg.augmentation.items():
         if key.endswith("_p"):
             _check(0.0 <= v <= 1.0, f"augmentation.{key}", v, "a probability in [0, 1]")
+    if cfg.model.require_init_from and not cfg.model.init_from:
+        raise ConfigError(
+            "model.init_from is required by this experiment (it starts from a trained model, "
+            "e.g. model.init_from=/runs/lines/checkpoints/best.ckpt); it would otherwise "
+            "train from scratch"
+        )
     if cfg.dataset is None:
         raise ConfigError("no dataset chosen: add dataset=synthetic or dataset=iam")
     if cfg.dataset.name == "synthetic":

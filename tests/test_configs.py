@@ -12,6 +12,7 @@ from fphtr.data.datamodule import build_datamodule
 from fphtr.model.fphtr import build_model
 
 from .conftest import CONF_DIR, TINY, compose_train
+from .data.conftest import aachen_dir, session_fixture
 
 GROUPS = ["encoder", "decoder", "data_format", "dataset", "augmentation", "precision",
           "trainer", "logger"]  # fmt: skip
@@ -26,8 +27,13 @@ CASES = [(g, o) for g in GROUPS for o in options(g)] + [
 ]
 
 
+@pytest.fixture(scope="module")
+def iam(tmp_path_factory):
+    return session_fixture(tmp_path_factory)
+
+
 @pytest.mark.parametrize("group,option", CASES, ids=[f"{g}={o}" for g, o in CASES])
-def test_every_option_composes_and_builds(group, option, tmp_path):
+def test_every_option_composes_and_builds(group, option, tmp_path, request):
     overrides = [*TINY, f"{group}={option}"]
     if group == "decoder":
         overrides.remove("decoder=small")
@@ -37,10 +43,16 @@ def test_every_option_composes_and_builds(group, option, tmp_path):
     # an experiment may set bigger sizes: keep the tiny ones so that building stays fast
     for key in (k.split("=")[0] for k in TINY if "." in k.split("=")[0]):
         OmegaConf.update(cfg, key, OmegaConf.select(compose_train(TINY), key), merge=False)
+    if cfg.dataset.name == "iam":  # IAM presets are built on the generated IAM fixture
+        info = request.getfixturevalue("iam")
+        for key, value in (("root", info.root), ("split", "aachen"),
+                           ("split_dir", str(aachen_dir(info))),
+                           ("cache_dir", str(tmp_path / "cache"))):  # fmt: skip
+            OmegaConf.update(cfg, f"dataset.{key}", value, merge=False)
+    if cfg.model.require_init_from:  # only checked here; weights are not loaded
+        cfg.model.init_from = str(tmp_path / "line.ckpt")
     validate(cfg)
     config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    if config["dataset"]["name"] == "iam":
-        pytest.skip("IAM options are built on the generated fixture in tests/data/test_iam.py")
     dm = build_datamodule(config)
     model = build_model(config, len(dm.tokenizer))
     batch = next(iter(dm.val_dataloader()))
@@ -119,3 +131,16 @@ def test_cli_typo_fails_fast_with_a_clear_message(tmp_path: Path):
     assert out.returncode != 0
     assert "lrr" in out.stderr and "not in" in out.stderr
     assert not (tmp_path / "r" / "checkpoints").exists()
+
+
+def test_experiment_from_lines_without_init_from_is_refused_before_work(tmp_path):
+    from fphtr.train import train
+
+    cfg = compose_train(["experiment=iam_forms_from_lines", "dataset.root=/x"], tmp_path / "r")
+    with pytest.raises(ConfigError, match=r"model\.init_from"):
+        validate(cfg)
+    with pytest.raises(ConfigError, match=r"model\.init_from"):
+        train(cfg)  # before any data is read or folder written
+    assert not (tmp_path / "r").exists()
+    validate(compose_train(["experiment=iam_forms_from_lines", "dataset.root=/x",
+                            "model.init_from=/runs/lines/best.ckpt"]))  # fmt: skip
