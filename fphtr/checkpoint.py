@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fphtr.data.tokenizer import Tokenizer
+from fphtr.data.tokenizer import SPECIALS, Tokenizer
 from fphtr.model.fphtr import FPHTR, build_model
 
 
@@ -76,14 +76,30 @@ VOCAB_ROWS = (
 )  # fmt: skip
 
 
-def init_from_checkpoint(model: FPHTR, path: str | Path) -> None:
-    """Initialise `model` from another run's weights (e.g. a line model for pages).
+def init_from_checkpoint(model: FPHTR, path: str | Path, tokenizer: Tokenizer) -> None:
+    """Initialise `model` (whose vocabulary is `tokenizer`) from another run's weights
+    (e.g. a line model for pages).
 
-    The model's vocabulary must come from `transfer_tokenizer`: the source's characters
-    first, so their embedding and output rows are copied as learned; rows of new characters
-    stay freshly initialised. Not resuming: optimiser, schedule and step start anew."""
+    The vocabulary must come from `transfer_tokenizer`: the source's characters first, so
+    their embedding and output rows are copied as learned; rows of new characters stay
+    freshly initialised. Rows are copied by id, so any other vocabulary is refused. Not
+    resuming: optimiser, schedule and step start anew."""
     ckpt = read_checkpoint(path)
-    n_old = len(Tokenizer.from_dict(ckpt["fphtr"]["tokenizer"]))
+    source = Tokenizer.from_dict(ckpt["fphtr"]["tokenizer"])
+    if tokenizer.chars[: len(source.chars)] != source.chars:
+        at = next(
+            (i for i, c in enumerate(source.chars) if i >= len(tokenizer.chars)
+             or tokenizer.chars[i] != c), len(source.chars)
+        )  # fmt: skip
+        mine = repr(tokenizer.chars[at]) if at < len(tokenizer.chars) else "nothing"
+        raise CheckpointError(
+            f"{path}: this model's vocabulary does not start with the source's "
+            f"{len(source.chars)} characters (id {at + len(SPECIALS)} is "
+            f"{source.chars[at]!r} there, {mine} here), so its embedding and output rows "
+            "would be copied to the wrong characters; build the vocabulary with "
+            "transfer_tokenizer"
+        )
+    n_old = len(source)
     state = model.state_dict()
     for key, value in model_weights(ckpt).items():
         if key.startswith("ctc.") and model.ctc is None:

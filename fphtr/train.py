@@ -164,7 +164,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     tokenizer = datamodule.tokenizer
     model = build_model(config, len(tokenizer))
     if init_from and not resume:
-        init_from_checkpoint(model, init_from)
+        init_from_checkpoint(model, init_from, tokenizer)
     module = HTRModule(model, tokenizer, config, train_probe=datamodule.train_probe())
 
     callbacks, checkpoint = build_callbacks(config, output_dir)
