@@ -43,7 +43,7 @@ from torch.utils.data import DataLoader
 
 from fphtr.checkpoint import CheckpointError, load_model
 from fphtr.config import ConfigError, LoggerConfig, register_configs, validate
-from fphtr.data.datamodule import Batch, PreparedDataset, build_datamodule, collate
+from fphtr.data.datamodule import Batch, PreparedDataset, build_datamodule
 from fphtr.data.grid import save_sample_grid
 from fphtr.data.sample import Sample
 from fphtr.lit_module import HTRModule
@@ -137,9 +137,10 @@ def eval_config(
 
 
 def _loader(config: dict[str, Any], split: str, module: HTRModule) -> DataLoader:
-    """The split's loader exactly as training builds it (for train: without augmentation)."""
+    """The split's loader exactly as training builds it (for train: without augmentation).
+    Only that split is built: a collection may have nothing but test pages."""
     try:
-        dm = build_datamodule(config)
+        dm = build_datamodule(config, splits=(split,))
     except (ValueError, OSError) as e:  # datasets explain what is missing (e.g. IAMError)
         raise UsageError(f"dataset {config['dataset']['name']}: {e}") from e
     dm.tokenizer = module.tokenizer  # the checkpoint's vocabulary encodes the references
@@ -147,11 +148,8 @@ def _loader(config: dict[str, Any], split: str, module: HTRModule) -> DataLoader
         return dm.val_dataloader()
     if split == "test":
         return dm.test_dataloader()
-    plain = PreparedDataset(dm.train.base, dm.train.max_height, dm.train.max_width)
-    return DataLoader(
-        plain, batch_size=dm.batch_size, shuffle=False, num_workers=dm.num_workers,
-        collate_fn=collate(module.tokenizer, dm.canvas_multiple),
-    )  # fmt: skip
+    # the training samples through the evaluation loader: no augmentation, fixed order
+    return dm._eval_loader(PreparedDataset(dm.train.base, dm.train.max_height, dm.train.max_width))
 
 
 def _trainer(cfg: DictConfig, stored: dict[str, Any]) -> pl.Trainer:

@@ -19,6 +19,7 @@ from fphtr.evaluate import evaluate
 from fphtr.predict import UsageError
 
 from .conftest import CONF_DIR
+from .data.conftest import session_fixture
 
 
 def compose_eval(overrides: list[str], output_dir: Path):
@@ -79,3 +80,21 @@ def test_bad_checkpoint_and_bad_overrides_are_usage_errors(tiny_run, tmp_path):
         evaluate(compose_eval([f"checkpoint={ckpt}", "+dataset.min_lines=0"], tmp_path))
     with pytest.raises(UsageError, match="decoding.beam_width=0"):
         evaluate(compose_eval([f"checkpoint={ckpt}", "decoding.beam_width=0"], tmp_path))
+
+
+def test_a_collection_with_only_test_pages_is_evaluated(tiny_run, tmp_path, tmp_path_factory):
+    """A user's own transcribed pages in IAM layout, all in the test list: fphtr-eval builds
+    only the split it evaluates, so empty train and validation lists are fine."""
+    info = session_fixture(tmp_path_factory)
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    (lists / "train.uttlist").write_text("")
+    (lists / "validation.uttlist").write_text("")
+    (lists / "test.uttlist").write_text("\n".join(f.id for f in info.forms) + "\n")
+    ckpt = tiny_run / "checkpoints" / "last.ckpt"  # a line model
+    cfg = compose_eval([f"checkpoint={ckpt}", "decoding.max_len=3", "worst=0", "dataset=iam",
+                        f"dataset.root={info.root}", "dataset.split=aachen",
+                        f"dataset.split_dir={lists}", f"dataset.cache_dir={tmp_path / 'c'}"],
+                       tmp_path / "eval")  # fmt: skip
+    m = evaluate(cfg, dataset_choice="iam")
+    assert m["samples"] == sum(len(f.lines) for f in info.forms) and m["split"] == "test"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -118,8 +118,8 @@ class HTRDataModule(pl.LightningDataModule):
         self.tokenizer = tokenizer
         self.batch_size, self.num_workers = batch_size, num_workers
         frame = {"max_height": max_height, "max_width": max_width}
-        self.train = PreparedDataset(
-            datasets["train"], augment=augment, synthetic=synthetic,
+        self.train = PreparedDataset(  # empty when only evaluation splits are built
+            datasets.get("train", []), augment=augment, synthetic=synthetic,
             synthetic_proba=synthetic_proba, seed=seed, **frame,
         )  # fmt: skip
         self.evaluation = {
@@ -187,10 +187,13 @@ class HTRDataModule(pl.LightningDataModule):
         return collate(self.tokenizer, self.canvas_multiple)(items)
 
 
-def build_datasets(config: dict[str, Any]) -> tuple[dict[str, Dataset], str, Dataset | None]:
+def build_datasets(
+    config: dict[str, Any], splits: Sequence[str] = ("train", "val", "test")
+) -> tuple[dict[str, Dataset], str, Dataset | None]:
     """(split -> dataset, the characters of the training labels, synthetic source or None)
-    for the configured dataset and data format. The synthetic source stitches new samples
-    from training-split words only (`stitch.Stitcher`)."""
+    for the configured dataset and data format, for `splits` only (fphtr-eval builds the
+    one it evaluates). The synthetic source stitches new samples from training-split words
+    only (`stitch.Stitcher`)."""
     ds, fmt = config["dataset"], config["data_format"]
     if ds["name"] == "synthetic":
         from fphtr.data import synthetic
@@ -206,14 +209,14 @@ def build_datasets(config: dict[str, Any]) -> tuple[dict[str, Dataset], str, Dat
             "words_per_line": (ds["min_words"], ds["max_words"]),
             "line_width": tuple(ds["line_width"]) if ds["line_width"] else None,
         }
-        splits = {
+        by_split = {
             split: synthetic.SyntheticHandwriting(
                 split, kind=fmt["name"], size=ds[f"{split}_size"], **common
             )
-            for split in ("train", "val", "test")
+            for split in splits
         }
         stitched = None
-        if config["augmentation"]["synthetic_proba"] > 0:
+        if config["augmentation"]["synthetic_proba"] > 0 and "train" in splits:
             # The word pool: rendered words of the training writers and corpus sentences.
             words = synthetic.SyntheticHandwriting("train", "word", size=ds["train_size"], **common)
             s = fmt["scale"]
@@ -228,17 +231,20 @@ def build_datasets(config: dict[str, Any]) -> tuple[dict[str, Dataset], str, Dat
                 lines_per_form=range(ds["min_lines"], ds["max_lines"] + 1),
                 margin=(20 * s, 70 * s),
             )
-        return splits, synthetic.charset(), stitched
+        return by_split, synthetic.charset(), stitched
     if ds["name"] == "iam":
         from fphtr.data.iam import build_iam
 
-        return build_iam(config)
+        return build_iam(config, splits)
     raise ValueError(f"dataset.name={ds['name']!r}: expected one of synthetic, iam")
 
 
-def build_datamodule(config: dict[str, Any]) -> HTRDataModule:
-    """The data module of a resolved config (see conf/dataset, conf/data_format)."""
-    datasets, chars, synthetic_source = build_datasets(config)
+def build_datamodule(
+    config: dict[str, Any], splits: Sequence[str] = ("train", "val", "test")
+) -> HTRDataModule:
+    """The data module of a resolved config (see conf/dataset, conf/data_format), with the
+    datasets of `splits` only (the training set is empty without "train")."""
+    datasets, chars, synthetic_source = build_datasets(config, splits)
     fmt, aug = config["data_format"], config["augmentation"]
     augment = Augmenter(**aug) if aug["name"] != "none" else None
     return HTRDataModule(

@@ -639,9 +639,13 @@ def unseen_characters(chars: str, texts: Sequence[str]) -> tuple[Counter[str], i
     return counts, n_texts
 
 
-def build_iam(config: dict[str, Any]) -> tuple[dict[str, Dataset], str, Dataset | None]:
-    """`datamodule.build_datasets` for dataset=iam: (split -> IAMDataset, vocabulary from the
-    training split, stitched synthetic source or None)."""
+def build_iam(
+    config: dict[str, Any], splits: Sequence[str] = SPLITS
+) -> tuple[dict[str, Dataset], str, Dataset | None]:
+    """`datamodule.build_datasets` for dataset=iam: (split -> IAMDataset for each of `splits`,
+    vocabulary from the training split, stitched synthetic source or None). Without "train"
+    in `splits` (fphtr-eval: e.g. a collection of test pages only, with empty train and
+    validation lists) the vocabulary is that of the splits built and nothing is stitched."""
     from fphtr.data.stitch import Stitcher
 
     ds, fmt = config["dataset"], config["data_format"]
@@ -662,15 +666,16 @@ def build_iam(config: dict[str, Any]) -> tuple[dict[str, Dataset], str, Dataset 
     cache = ImageCache((ds.get("cache_dir") or default_cache_dir()) if ds["cache"] else None)
     kind, scale = fmt["name"], fmt["scale"]
     frame = (fmt["max_height"], fmt["max_width"])
-    splits = {
+    datasets = {
         s: iam.dataset(
             s, kind, scale, *frame, cache=cache, limit=ds.get(f"{s}_size"), seed=config["seed"]
         )  # fmt: skip
-        for s in SPLITS
+        for s in splits
     }
-    chars = set("".join(splits["train"].texts()))
+    vocab_from = ["train"] if "train" in datasets else list(datasets)
+    chars = {c for s in vocab_from for text in datasets[s].texts() for c in text}
     stitched = None
-    if config["augmentation"]["synthetic_proba"] > 0:
+    if config["augmentation"]["synthetic_proba"] > 0 and "train" in datasets:
         # The word pool is the TRAINING split's words only (the earlier re-implementation
         # stitched validation and test words into its training data).
         try:
@@ -680,18 +685,20 @@ def build_iam(config: dict[str, Any]) -> tuple[dict[str, Dataset], str, Dataset 
             raise IAMError(f"augmentation.synthetic_proba > 0 stitches IAM's training word "
                            f"images, which cannot be read: {e}") from e  # fmt: skip
         chars |= set("".join(words.texts())) | {" "}
-        stitched = Stitcher(words, kind, size=len(splits["train"]), seed=config["seed"],
+        stitched = Stitcher(words, kind, size=len(datasets["train"]), seed=config["seed"],
                             **stitch_layout(iam, scale))  # fmt: skip
     if kind == "form":
         chars.add("\n")
     vocabulary = "".join(sorted(chars))
     for split in ("val", "test"):
-        counts, n_texts = unseen_characters(vocabulary, splits[split].texts())
+        if "train" not in datasets or split not in datasets:
+            continue
+        counts, n_texts = unseen_characters(vocabulary, datasets[split].texts())
         if counts:
             listed = ", ".join(f"{c!r} x{n}" for c, n in counts.most_common())
             log.warning("IAM %s: %d characters never seen in training (%s) in %d samples are "
                         "encoded as <unk>", split, len(counts), listed, n_texts)  # fmt: skip
-    return splits, vocabulary, stitched
+    return datasets, vocabulary, stitched
 
 
 def stitch_layout(iam: IAM, scale: float) -> dict[str, Any]:
