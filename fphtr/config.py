@@ -77,6 +77,11 @@ class DataFormatConfig:
     # steps give fewer distinct shapes (CPU bf16 kernels are compiled once per shape)
     canvas_multiple: list[int] = field(default_factory=lambda: [32, 32])
     batch_size: int = 16
+    # validation/test batches (null: batch_size); decoding costs per step, not per sample
+    eval_batch_size: int | None = None
+    # decode at most this many characters per 32x32 px cell of the image at scale 0.5
+    # (fphtr.decoding.length_limits; from the image alone, never the reference); null: off
+    max_chars_per_cell: float | None = None
 
 
 @dataclass
@@ -269,6 +274,10 @@ def validate(cfg: DictConfig) -> None:
         v = OmegaConf.select(cfg, key)
         _check(v >= 1, key, v, "a positive integer")
     _check(cfg.data_format.scale > 0, "data_format.scale", cfg.data_format.scale, "> 0")
+    ebs, mcc = cfg.data_format.eval_batch_size, cfg.data_format.max_chars_per_cell
+    _check(ebs is None or ebs >= 1, "data_format.eval_batch_size", ebs,
+           "null (batch_size) or a positive integer")  # fmt: skip
+    _check(mcc is None or mcc > 0, "data_format.max_chars_per_cell", mcc, "null (off) or > 0")
     cm = list(cfg.data_format.canvas_multiple)
     _check(len(cm) == 2 and all(m > 0 and m % 32 == 0 for m in cm), "data_format.canvas_multiple",
            cm, "[height, width], each a positive multiple of 32")  # fmt: skip

@@ -65,7 +65,7 @@ class EvalConfig:
     # a `dataset=` group option replaces the checkpoint's dataset; `+dataset.KEY=` edits it
     dataset: dict[str, Any] = field(default_factory=dict)
     decoding: DecodingOverrides = field(default_factory=DecodingOverrides)
-    batch_size: int | None = None  # default: the checkpoint's data_format.batch_size
+    batch_size: int | None = None  # default: the checkpoint's eval_batch_size or batch_size
     num_workers: int | None = None  # default: the checkpoint's num_workers
     device: str = "cpu"  # cpu, cuda, cuda:1 ...
     precision: str | None = None  # default: the checkpoint's trainer.precision
@@ -124,8 +124,9 @@ def eval_config(
     else:  # +dataset.KEY=VALUE edits it
         config["dataset"] = {**config["dataset"], **dataset}
     config["decoding"] = decoding_settings(stored, cfg.decoding)
-    if cfg.batch_size is not None:
+    if cfg.batch_size is not None:  # the evaluation batch size, whatever training used
         config["data_format"]["batch_size"] = cfg.batch_size
+        config["data_format"]["eval_batch_size"] = cfg.batch_size
     if cfg.num_workers is not None:
         config["num_workers"] = cfg.num_workers
     config["logger"] = OmegaConf.to_container(cfg.logger, resolve=True, enum_to_str=True)

@@ -17,7 +17,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from fphtr.checkpoint import rng_states, set_rng_states
 from fphtr.data.datamodule import Batch
 from fphtr.data.tokenizer import PAD, SPECIALS, Tokenizer
-from fphtr.decoding import decode
+from fphtr.decoding import transcribe as decode_batch
 from fphtr.metrics import ErrorRates, cer
 from fphtr.model.fphtr import FPHTR
 
@@ -132,11 +132,12 @@ class HTRModule(pl.LightningModule):
 
     # --- evaluation -----------------------------------------------------------------------
     def transcribe(self, batch: Batch) -> list[str]:
-        ids = decode(
-            self.model, batch.images, batch.sizes, self.max_len,
-            self.beam_width, self.length_penalty,
-        )  # fmt: skip
-        return [self.tokenizer.decode(row) for row in ids.tolist()]
+        # the one batched decoding path (fphtr-predict uses it too): finished samples
+        # leave the batch, data_format.max_chars_per_cell limits lengths by image size
+        settings = {"max_len": self.max_len, "beam_width": self.beam_width,
+                    "length_penalty": self.length_penalty}  # fmt: skip
+        return decode_batch(self.model, self.tokenizer, batch.images, batch.sizes, settings,
+                            self.config["data_format"])  # fmt: skip
 
     def _eval_step(self, batch: Batch, stage: str) -> None:
         n = len(batch.texts)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from fphtr.data.tokenizer import EOS, PAD, SOS
-from fphtr.decoding import IncrementalDecoder, beam_search, decode, greedy
+from fphtr.decoding import IncrementalDecoder, beam_search, decode, greedy, length_limits
 from fphtr.model.decoder import Decoder
 from fphtr.model.fphtr import FPHTR
 
@@ -151,3 +151,41 @@ def test_decode_dispatches_and_restores_the_thread_count():
     b = decode(model, images, sizes, max_len=40, beam_width=2)
     assert torch.get_num_threads() == threads
     assert g.shape[0] == b.shape[0] == 4
+
+
+def test_compaction_gives_the_same_tokens(ragged):
+    # finished rows leave the batch (cache, memory, tokens); the others decode unchanged
+    model, memory, padding = ragged
+    for sync_every in (1, 4):
+        compacted = greedy(model, memory, padding, 40, sync_every=sync_every)
+        kept = greedy(model, memory, padding, 40, sync_every=sync_every, compact=False)
+        assert torch.equal(compacted, kept)
+        full = greedy(model, memory, padding, 40, use_cache=False, sync_every=sync_every)
+        assert torch.equal(compacted, full)
+        beams = beam_search(model, memory, padding, 30, 3, 0.6, sync_every=sync_every)
+        beams_kept = beam_search(model, memory, padding, 30, 3, 0.6, sync_every=sync_every,
+                                 compact=False)  # fmt: skip
+        assert torch.equal(beams, beams_kept)
+
+
+def test_per_sample_limits_stop_only_their_row(ragged):
+    model, memory, padding = ragged
+    free = greedy(model, memory, padding, 40, sync_every=1)
+    limits = torch.tensor([3, 40, 5, 1])
+    capped = greedy(model, memory, padding, 40, sync_every=1, max_lens=limits)
+    for i, n in enumerate(limits.tolist()):
+        stop = min(n, capped.shape[1])
+        assert torch.equal(capped[i, :stop], free[i, :stop])  # the same prefix
+        assert (capped[i, stop:] == PAD).all()
+    beams = beam_search(model, memory, padding, 30, 2, sync_every=1, max_lens=limits)
+    assert all(int((row != PAD).sum()) <= n for row, n in zip(beams, limits.tolist(), strict=True))
+
+
+def test_length_limits_come_from_the_image_size_only():
+    fmt = {"max_chars_per_cell": 2.0, "scale": 0.25, "max_height": 1600, "max_width": 1280}
+    sizes = torch.tensor([[32, 64], [100, 100], [1600, 300]])
+    # 2 cells and 16 cells of 32 px at scale 0.25 = 4x as many cells at 0.5; the framed one
+    # may have been shrunk into the frame: no limit below max_len
+    assert length_limits(sizes, 800, fmt).tolist() == [2 * 2 * 4 + 1, 16 * 2 * 4 + 1, 800]
+    assert length_limits(sizes, 20, fmt).tolist() == [17, 20, 20]
+    assert length_limits(sizes, 800, {**fmt, "max_chars_per_cell": None}) is None

@@ -184,3 +184,88 @@ def test_usage_errors(tiny_run, tmp_path):
     if not torch.cuda.is_available():
         with pytest.raises(UsageError, match="CUDA is not available"):
             predict(compose_predict([f"checkpoint={ckpt}", f"input={tmp_path}", "device=cuda"]))
+
+
+def _mixed_folder(page: np.ndarray, folder: Path) -> list[Path]:
+    """Lines and page-sized images of different sizes, names not in size order."""
+    folder.mkdir(parents=True, exist_ok=True)
+    sizes = [(900, 120), (200, 60), (1400, 900), (640, 80), (300, 300), (1100, 700), (420, 90)]
+    paths = []
+    for i, (w, h) in enumerate(sizes):
+        paths.append(folder / f"img{i}.png")
+        Image.fromarray(page).resize((w, h)).save(paths[-1])
+    return paths
+
+
+def test_bucketing_and_workers_keep_input_order_and_batch_one_results(tiny_run, page, tmp_path,
+                                                                      capsys):  # fmt: skip
+    paths = _mixed_folder(page, tmp_path / "in")
+    (tmp_path / "in" / "img3b.png").write_bytes(b"not a png")  # an unreadable one in between
+    ckpt = tiny_run / "checkpoints" / "last.ckpt"
+    outs = {}
+    for opts in (["batch_size=1", "bucket=false", "num_workers=0"],  # today's one-by-one
+                 ["batch_size=1", "bucket=true", "num_workers=2"],
+                 ["batch_size=3", "bucket=true", "num_workers=2"],
+                 ["batch_size=3", "bucket=false", "num_workers=0"]):  # fmt: skip
+        cfg = compose_predict([f"checkpoint={ckpt}", f"input={tmp_path / 'in'}", *opts])
+        assert predict(cfg) == 1  # one file could not be read
+        captured = capsys.readouterr()
+        outs[tuple(opts)] = captured.out
+        assert "skipped" in captured.err and "img3b.png" in captured.err
+        listed = [line.split("\t")[0] for line in captured.out.splitlines()]
+        assert listed == [str(p) for p in sorted(paths)]  # input (sorted folder) order
+    one = list(outs.values())
+    assert one[0] == one[1]  # bucketing and workers change nothing at batch size 1
+
+
+def test_plan_batches_groups_similar_sizes(page, tmp_path):
+    from fphtr.predict import plan_batches
+
+    paths = _mixed_folder(page, tmp_path)
+    batches = plan_batches(paths, 2, True, 1.0, 4000, 4000)
+    assert sorted(i for b in batches for i in b) == list(range(len(paths)))
+    assert batches[0] == [2, 5]  # the two pages first, largest first
+    assert plan_batches(paths, 3, False, 1.0, 4000, 4000) == [[0, 1, 2], [3, 4, 5], [6]]
+
+
+def test_progress_bar_goes_to_a_terminal_stderr_never_to_stdout(tiny_run, page, tmp_path):
+    import pty
+    import threading
+
+    paths = _mixed_folder(page, tmp_path / "in")
+    ckpt = tiny_run / "checkpoints" / "last.ckpt"
+    master, slave = pty.openpty()
+    env = dict(os.environ, NO_ALBUMENTATIONS_UPDATE="1", WANDB_MODE="offline", TERM="xterm",
+               COLUMNS="120")  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fphtr.predict", *FAST, f"checkpoint={ckpt}",
+         f"input={tmp_path / 'in'}", "batch_size=2"],
+        stdout=subprocess.PIPE, stderr=slave, stdin=subprocess.DEVNULL, env=env, cwd=tmp_path,
+    )  # fmt: skip
+    os.close(slave)
+    chunks: list[bytes] = []
+
+    def drain() -> None:
+        while True:
+            try:
+                data = os.read(master, 4096)
+            except OSError:  # the child closed its end
+                return
+            if not data:
+                return
+            chunks.append(data)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    stdout, _ = proc.communicate(timeout=300)
+    reader.join(timeout=10)
+    os.close(master)
+    assert proc.returncode == 0
+    err = b"".join(chunks).decode(errors="replace")
+    assert "img/s" in err and f"{len(paths)}/{len(paths)}" in err
+    lines = stdout.decode().splitlines()
+    assert [line.split("\t")[0] for line in lines] == [str(p) for p in sorted(paths)]
+    assert "img/s" not in stdout.decode() and "\x1b" not in stdout.decode()
+    # not a terminal (a pipe, a file): no bar at all
+    out = run_cli([f"checkpoint={ckpt}", f"input={tmp_path / 'in'}"], tmp_path)
+    assert out.returncode == 0 and "img/s" not in out.stderr and out.stderr == ""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import lightning.pytorch as pl
@@ -26,11 +26,13 @@ class Batch:
     tokens: torch.Tensor  # (B, T) [SOS, chars..., EOS, PAD...]
     texts: list[str]
     ids: list[str]
+    # evaluation samples whose image could not be decoded: left out of the batch, not replaced
+    skipped: list[str] = field(default_factory=list)
 
     def to(self, device: torch.device | str) -> Batch:
         return Batch(
             self.images.to(device), self.sizes.to(device), self.tokens.to(device),
-            self.texts, self.ids,
+            self.texts, self.ids, self.skipped,
         )  # fmt: skip
 
 
@@ -63,12 +65,14 @@ class PreparedDataset(Dataset):
             if hasattr(ds, "set_epoch"):
                 ds.set_epoch(epoch)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, str, str]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor | None, str, str]:
         rng = np.random.default_rng([self.seed, self.epoch, i, 7])
         if self.synthetic is not None and rng.random() < self.synthetic_proba:
             sample: Sample = self.synthetic[int(rng.integers(len(self.synthetic)))]
         else:
             sample = self.base[i]
+        if sample.unreadable:  # an evaluation image that cannot be decoded: collate drops it
+            return None, sample.text, sample.id
         image = sample.image
         if self.augment is not None:
             image = self.augment(image, seed=int(rng.integers(2**31)))
@@ -79,14 +83,19 @@ class PreparedDataset(Dataset):
 def collate(
     tokenizer: Tokenizer, canvas_multiple: tuple[int, int] = (32, 32)
 ) -> Callable[[list], Batch]:
-    def fn(items: list[tuple[torch.Tensor, str, str]]) -> Batch:
+    def fn(items: list[tuple[torch.Tensor | None, str, str]]) -> Batch:
+        skipped = [i for image, _, i in items if image is None]
+        items = [item for item in items if item[0] is not None]
+        if not items:  # every image of this batch unreadable
+            empty = torch.zeros(0, 2, dtype=torch.long)
+            return Batch(torch.zeros(0, 1, 32, 32), empty, empty, [], [], skipped)
         images, texts, ids = zip(*items, strict=True)
         canvas, sizes = pad_batch(list(images), tuple(canvas_multiple))
         encoded = [tokenizer.encode(t) for t in texts]
         tokens = torch.full((len(encoded), max(map(len, encoded))), PAD, dtype=torch.long)
         for j, seq in enumerate(encoded):
             tokens[j, : len(seq)] = torch.tensor(seq)
-        return Batch(canvas, sizes, tokens, list(texts), list(ids))
+        return Batch(canvas, sizes, tokens, list(texts), list(ids), skipped)
 
     return fn
 
@@ -110,6 +119,7 @@ class HTRDataModule(pl.LightningDataModule):
         seed: int = 0,
         probe_size: int = 0,
         canvas_multiple: tuple[int, int] = (32, 32),
+        eval_batch_size: int | None = None,
     ):
         super().__init__()
         self.probe_size = probe_size
@@ -117,6 +127,8 @@ class HTRDataModule(pl.LightningDataModule):
         self._resume_position: dict[str, int] | None = None
         self.tokenizer = tokenizer
         self.batch_size, self.num_workers = batch_size, num_workers
+        # decoding costs per step, not per sample: evaluation can batch more than training
+        self.eval_batch_size = eval_batch_size or batch_size
         frame = {"max_height": max_height, "max_width": max_width}
         self.train = PreparedDataset(  # empty when only evaluation splits are built
             datasets.get("train", []), augment=augment, synthetic=synthetic,
@@ -134,11 +146,15 @@ class HTRDataModule(pl.LightningDataModule):
         return (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
 
     def _loader(
-        self, ds: Dataset, sampler: Sampler, cls: type[DataLoader] = DataLoader
+        self,
+        ds: Dataset,
+        sampler: Sampler,
+        cls: type[DataLoader] = DataLoader,
+        batch_size: int | None = None,
     ) -> DataLoader:
         return cls(
             ds,
-            batch_size=self.batch_size,
+            batch_size=batch_size or self.batch_size,
             sampler=sampler,
             num_workers=self.num_workers,
             collate_fn=collate(self.tokenizer, self.canvas_multiple),
@@ -169,7 +185,8 @@ class HTRDataModule(pl.LightningDataModule):
     def _eval_loader(self, ds: Dataset) -> DataLoader:
         # every sample exactly once over all processes: corpus-level CER sums are exact
         replicas, rank = self._world()
-        return self._loader(ds, UnrepeatedDistributedSampler(ds, replicas, rank, shuffle=False))
+        sampler = UnrepeatedDistributedSampler(ds, replicas, rank, shuffle=False)
+        return self._loader(ds, sampler, batch_size=self.eval_batch_size)
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader(self.evaluation["val"])
@@ -260,4 +277,5 @@ def build_datamodule(
         seed=config["seed"],
         probe_size=config["callbacks"]["train_cer_samples"],
         canvas_multiple=tuple(fmt.get("canvas_multiple", (32, 32))),
+        eval_batch_size=fmt.get("eval_batch_size"),
     )

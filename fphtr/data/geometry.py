@@ -88,13 +88,28 @@ def prepare(
     """
     arr = image if isinstance(image, np.ndarray) else to_grayscale(image)
     h, w = arr.shape
-    factor = min(scale, max_height / (h * 1.0), max_width / (w * 1.0)) if h and w else scale
-    new_h = max(1, min(max_height, round(h * factor)))
-    new_w = max(1, min(max_width, round(w * factor)))
+    new_h, new_w = prepared_size(h, w, scale, max_height, max_width)
     if (new_h, new_w) == (h, w):
         return arr
+    factor = min(scale, max_height / (h * 1.0), max_width / (w * 1.0)) if h and w else scale
     resample = Image.Resampling.BOX if factor < 1 else Image.Resampling.BILINEAR
     return np.asarray(Image.fromarray(arr).resize((new_w, new_h), resample), dtype=np.uint8)
+
+
+def prepared_size(h: int, w: int, scale: float, max_height: int, max_width: int) -> tuple[int, int]:
+    """The (height, width) `prepare` gives an h x w image (e.g. to plan batches from image
+    headers before decoding them)."""
+    factor = min(scale, max_height / (h * 1.0), max_width / (w * 1.0)) if h and w else scale
+    return max(1, min(max_height, round(h * factor))), max(1, min(max_width, round(w * factor)))
+
+
+def image_size(path: str | Path) -> tuple[int, int] | None:
+    """(height, width) from the file's header without decoding it; None if unreadable."""
+    try:
+        with Image.open(path) as img:
+            return img.height, img.width
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return None
 
 
 def to_tensor(arr: np.ndarray) -> torch.Tensor:
