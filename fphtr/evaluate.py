@@ -13,6 +13,10 @@ are changed with `+dataset.KEY=VALUE`. The data module is built exactly as in tr
 module's own `transcribe` under the run's precision, so `split=val` reproduces the CER/WER
 that validation logged for the same weights.
 
+Every readable sample is scored exactly once; an image that cannot be decoded is left out
+(never replaced by another sample) and named in the summary and in metrics.json
+(`skipped`, `skipped_ids`).
+
 Writes to the run folder (outputs/eval/<date>/<time>, or hydra.run.dir=...):
 metrics.json, predictions.csv (id, reference, hypothesis, cer per sample) and worst.png
 (the `worst` samples by CER with reference and hypothesis). `logger=wandb` also logs the
@@ -86,10 +90,14 @@ class EvalModule(HTRModule):
     def __init__(self, *args: Any, worst: int = 16, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.rows: list[dict[str, Any]] = []  # id, reference, hypothesis, cer
+        self.skipped: list[str] = []  # ids of unreadable images, left out (never replaced)
         self.worst = worst
         self._worst: list[tuple[float, int, np.ndarray]] = []  # min-heap of the worst samples
 
     def test_step(self, batch: Batch, batch_idx: int) -> None:
+        self.skipped += batch.skipped
+        if not batch.texts:
+            return
         hyps = self.transcribe(batch)
         for i, (ref, hyp, sample_id) in enumerate(zip(batch.texts, hyps, batch.ids, strict=True)):
             rate = cer([ref], [hyp])
@@ -201,6 +209,8 @@ def evaluate(cfg: DictConfig, dataset_choice: str | None = None) -> dict[str, An
         "cer": cer(refs, hyps),
         "wer": wer(refs, hyps),
         "samples": len(rows),
+        "skipped": len(module.skipped),  # unreadable images: not scored, not replaced
+        "skipped_ids": module.skipped,
         "split": split,
         "dataset": config["dataset"],
         "decoding": config["decoding"],
@@ -258,6 +268,11 @@ def _print_summary(m: dict[str, Any], output_dir: Path, grid: bool) -> None:
         f"  decoding    beam width {m['decoding']['beam_width']}, max length "
         f"{m['decoding']['max_len']}",
         f"  CER / WER   {100 * m['cer']:.2f}% / {100 * m['wer']:.2f}%",
+        *(
+            [f"  skipped     {m['skipped']} unreadable: {', '.join(m['skipped_ids'])}"]
+            if m["skipped"]
+            else []
+        ),
         f"  outputs     {output_dir}/metrics.json, predictions.csv"
         + (", worst.png" if grid else ""),
     ]

@@ -140,7 +140,11 @@ class HTRModule(pl.LightningModule):
                             self.config["data_format"])  # fmt: skip
 
     def _eval_step(self, batch: Batch, stage: str) -> None:
+        # images that cannot be decoded are left out of the batch and counted, never replaced
+        self.rates[stage].skip(batch.skipped)
         n = len(batch.texts)
+        if n == 0:
+            return
         self.log(f"{stage}/loss", self._loss(batch), batch_size=n, sync_dist=True)
         hyps = self.transcribe(batch)
         self.rates[stage].update(batch.texts, hyps)
@@ -166,6 +170,7 @@ class HTRModule(pl.LightningModule):
         rates.reset()
         self.log(f"{stage}/cer", result["cer"], prog_bar=True)
         self.log(f"{stage}/wer", result["wer"], prog_bar=stage == "val")
+        self.log(f"{stage}/skipped", result["skipped"].float())  # unreadable, left out
         if stage == "val" and self.train_probe is not None:
             probe = self.train_probe.to(self.device)
             self.log("train/cer", cer(probe.texts, self.transcribe(probe)))

@@ -67,14 +67,21 @@ def wer(references: Sequence[str], hypotheses: Sequence[str]) -> float:
 
 
 class ErrorRates(Metric):
-    """Accumulates character and word edits; `compute()` -> {"cer": ..., "wer": ...}."""
+    """Accumulates character and word edits; `compute()` -> {"cer": ..., "wer": ...,
+    "skipped": number of samples left out as unreadable}."""
 
     full_state_update = False
 
     def __init__(self) -> None:
         super().__init__()
-        for name in ("char_edits", "chars", "word_edits", "words"):
+        for name in ("char_edits", "chars", "word_edits", "words", "skipped"):
             self.add_state(name, default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+        self.skipped_ids: set[str] = set()  # this process's, over all epochs (not reset)
+
+    def skip(self, ids: Sequence[str]) -> None:
+        """Samples left out because their image could not be decoded: counted, not scored."""
+        self.skipped += len(ids)
+        self.skipped_ids.update(ids)
 
     def update(self, references: Sequence[str], hypotheses: Sequence[str]) -> None:
         for ref, hyp in zip(references, hypotheses, strict=True):
@@ -89,4 +96,5 @@ class ErrorRates(Metric):
         return {
             "cer": torch.tensor(_rate(float(self.char_edits), float(self.chars))),
             "wer": torch.tensor(_rate(float(self.word_edits), float(self.words))),
+            "skipped": self.skipped.clone(),
         }

@@ -210,6 +210,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         last_checkpoint=str(last) if last.is_file() else "",
         run_dir=str(output_dir),
         wandb_sync=sync_command,
+        # unreadable evaluation images, left out (never replaced); counts are in val/skipped
+        # and test/skipped (summed over processes), the ids are this process's
+        skipped_ids={s: sorted(module.rates[s].skipped_ids) for s in ("val", "test")},
     )
     if trainer.is_global_zero:  # under DDP every process returns here; one writes
         (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
@@ -228,6 +231,12 @@ def _print_summary(m: dict[str, Any]) -> None:
         f"  val   CER / WER  {pct('val/cer')} / {pct('val/wer')}  (best val CER {100 * m['best_val_cer']:.2f}%)",
         f"  test  CER / WER  {pct('test/cer')} / {pct('test/wer')}",
         f"  train CER        {pct('train/cer')}",
+        *(
+            f"  {s:<5} skipped    {int(m[f'{s}/skipped'])} unreadable images, left out: "
+            f"{', '.join(m['skipped_ids'][s]) or '(ids in the log)'}"
+            for s in ("val", "test")
+            if m.get(f"{s}/skipped")
+        ),
         f"  run directory    {m['run_dir']}",
         f"  best checkpoint  {m['best_checkpoint'] or '- (no validation during training)'}",
     ]

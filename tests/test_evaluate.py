@@ -6,16 +6,21 @@ import csv
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import lightning.pytorch as pl
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
-from fphtr.checkpoint import CheckpointError
-from fphtr.evaluate import evaluate
+from fphtr.checkpoint import CheckpointError, load_model
+from fphtr.data.datamodule import build_datamodule
+from fphtr.evaluate import eval_config, evaluate
+from fphtr.lit_module import HTRModule
+from fphtr.metrics import cer
 from fphtr.predict import UsageError
 
 from .conftest import CONF_DIR
@@ -98,3 +103,46 @@ def test_a_collection_with_only_test_pages_is_evaluated(tiny_run, tmp_path, tmp_
                        tmp_path / "eval")  # fmt: skip
     m = evaluate(cfg, dataset_choice="iam")
     assert m["samples"] == sum(len(f.lines) for f in info.forms) and m["split"] == "test"
+
+
+def test_an_unreadable_evaluation_image_is_left_out_and_reported(
+    tiny_run, tmp_path, tmp_path_factory, capsys
+):
+    """A test image that only fails when decoded (truncated PNG) is scored by nobody: not
+    replaced by the next sample (which would count that one twice), but left out and named
+    in the summary and metrics.json, by fphtr-eval and by the training module's test."""
+    info = session_fixture(tmp_path_factory)
+    root = tmp_path / "iam"
+    shutil.copytree(info.root, root, ignore=shutil.ignore_patterns("words", "forms?-?"))
+    test_form = info.split_forms("aachen", "test")[0]
+    broken = test_form.lines[1].id
+    png = root / "lines" / test_form.id.split("-")[0] / test_form.id / f"{broken}.png"
+    png.write_bytes(png.read_bytes()[: png.stat().st_size // 2])
+    ckpt = tiny_run / "checkpoints" / "last.ckpt"
+    dataset = ["dataset=iam", f"dataset.root={root}", "dataset.split=aachen",
+               f"dataset.split_dir={root / 'splits' / 'aachen'}", "dataset.cache=false"]  # fmt: skip
+    cfg = compose_eval([f"checkpoint={ckpt}", "decoding.max_len=3", "worst=0", "batch_size=2",
+                        *dataset], tmp_path / "eval")  # fmt: skip
+    m = evaluate(cfg, dataset_choice="iam")
+    with open(tmp_path / "eval" / "predictions.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    ids = [r["id"] for r in rows]
+    expected = [ln.id for ln in test_form.lines if ln.id != broken]
+    assert ids == expected and m["samples"] == len(expected)  # each readable one exactly once
+    assert m["skipped"] == 1 and m["skipped_ids"] == [broken]
+    saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert saved["skipped"] == 1 and saved["skipped_ids"] == [broken]
+    assert f"skipped     1 unreadable: {broken}" in capsys.readouterr().out
+
+    # the training module's test (and validation) path: the same sample left out, counted
+    model, tokenizer, config = load_model(ckpt)
+    config = eval_config(config, cfg, "iam")
+    dm = build_datamodule(config, splits=("test",))
+    dm.tokenizer = tokenizer
+    module = HTRModule(model, tokenizer, config)
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, enable_checkpointing=False)  # fmt: skip
+    out = trainer.test(module, datamodule=dm, verbose=False)[0]
+    assert out["test/skipped"] == 1 and module.rates["test"].skipped_ids == {broken}
+    refs = [ln.text for ln in test_form.lines if ln.id != broken]
+    assert out["test/cer"] == pytest.approx(cer(refs, [r["hypothesis"] for r in rows]))

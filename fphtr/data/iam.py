@@ -598,6 +598,9 @@ class IAMDataset(Dataset):
         self.skipped = skipped or Counter()
         self.summary = summary
         self.failed: set[str] = set()  # ids whose image could not be decoded (this process)
+        # training: an unreadable image is replaced by the next sample; evaluation: left out
+        self.replace_unreadable = split == "train"
+        self.replaced = 0  # replacements served by this process
 
     def __len__(self) -> int:
         return len(self.items)
@@ -606,21 +609,31 @@ class IAMDataset(Dataset):
         return [it.text for it in self.items]
 
     def __getitem__(self, index: int) -> Sample:
+        """The sample at `index`. An image found unreadable only when decoding (e.g. a
+        truncated PNG) never crashes a run: in training it is replaced by the next readable
+        sample (and the replacements are counted); in validation and test it is returned
+        as `unreadable`, so that it is left out and reported, never scored twice."""
         n = len(self.items)
         for k in range(n):
             item = self.items[(int(index) + k) % n]
-            if item.id in self.failed:
-                continue
-            try:
-                image = self.cache.load(item.path, self.scale, self.max_height, self.max_width,
-                                        item.crop)  # fmt: skip
-            except ImageError as e:
-                # Found only when decoding (e.g. a truncated PNG): never crash a run, say so.
-                self.failed.add(item.id)
-                log.warning("IAM %s: skipping %s: %s; using the next sample instead",
-                            self.split, item.id, e)  # fmt: skip
-                continue
-            return Sample(image=image, text=item.text, id=item.id)
+            if item.id not in self.failed:
+                try:
+                    image = self.cache.load(item.path, self.scale, self.max_height,
+                                            self.max_width, item.crop)  # fmt: skip
+                except ImageError as e:
+                    self.failed.add(item.id)
+                    log.warning("IAM %s: skipping %s: %s; %s", self.split, item.id, e,
+                                "using the next sample instead" if self.replace_unreadable
+                                else "left out of the evaluation (never replaced)")  # fmt: skip
+                else:
+                    if k:
+                        self.replaced += 1
+                        log.warning("IAM %s: sample %d served by %s (%d unreadable samples "
+                                    "replaced so far in this process)", self.split, index,
+                                    item.id, self.replaced)  # fmt: skip
+                    return Sample(image=image, text=item.text, id=item.id)
+            if not self.replace_unreadable:
+                return Sample(np.zeros((0, 0), np.uint8), item.text, item.id, unreadable=True)
         raise IAMError(f"IAM {self.split}: none of the {n} images can be decoded")
 
 

@@ -15,8 +15,11 @@ class Sample:
            resolution (datasets apply `geometry.prepare`).
     text:  the transcription; form lines are joined by "\\n".
     id:    a stable identifier (IAM id, or "synthetic-<split>-<epoch>-<index>").
+    unreadable: the image could not be decoded (`image` is empty); evaluation datasets
+           yield such a sample instead of replacing it, and the batch leaves it out.
     """
 
     image: np.ndarray
     text: str
     id: str
+    unreadable: bool = False

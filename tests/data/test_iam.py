@@ -171,6 +171,7 @@ def test_broken_input_is_skipped_counted_and_summarised(broken_fixture, caplog):
         sample = ds[k]
     assert sample.id == ds.items[(k + 1) % len(ds)].id
     assert b["truncated_line_image"] in caplog.text and "using the next sample" in caplog.text
+    assert "1 unreadable samples replaced so far" in caplog.text and ds.replaced == 1
 
     official = IAM(broken_fixture.root, split="official")
     assert official.items("test", "line")[1]["unknown id in split list"] == 1
