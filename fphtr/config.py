@@ -44,6 +44,7 @@ class EncoderConfig:
     dropout: float = 0.1  # on the flattened memory
     dropout_ramp_steps: int = 0  # >0: dropout grows linearly from 0 over this many steps
     pretrained_path: str | None = None  # local torchvision ImageNet state dict; none = random
+    last_stride: int = 32  # 16: layer4 does not downsample (4x the memory cells, finer CTC)
 
 
 @dataclass
@@ -64,6 +65,9 @@ class ModelConfig:
     # set by presets that only make sense from a trained model (iam_forms_from_lines):
     # validate refuses them without model.init_from instead of training from scratch
     require_init_from: bool = False
+    # CTC head (present when optim.ctc_weight > 0): frames each feature-map column is split
+    # into, so that a line has at least as many CTC frames as characters
+    ctc_frames_per_column: int = 4
 
 
 @dataclass
@@ -158,6 +162,9 @@ class OptimConfig:
     min_lr_ratio: float = 0.05  # floor of the decay, relative to lr
     label_smoothing: float = 0.1
     tf_noise: float = 0.0  # share of decoder input tokens replaced by random ones (training)
+    # loss = (1 - w) * attention + w * CTC on the encoder (words, lines); 0 = the paper's
+    # model (no CTC head), 1 = CTC only (encoder pre-training, the decoder learns nothing)
+    ctc_weight: float = 0.0
 
 
 @dataclass
@@ -262,7 +269,7 @@ def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
 def validate(cfg: DictConfig) -> None:
     """Range and cross-field checks, run before any data is loaded or model built."""
     for key in ("encoder.dropout", "decoder.dropout", "optim.label_smoothing", "optim.tf_noise",
-                "augmentation.synthetic_proba"):  # fmt: skip
+                "optim.ctc_weight", "augmentation.synthetic_proba"):  # fmt: skip
         v = OmegaConf.select(cfg, key)
         _check(0.0 <= v < 1.0 if "dropout" in key else 0.0 <= v <= 1.0, key, v, "a value in [0, 1]")
     d = cfg.decoder
@@ -278,6 +285,15 @@ def validate(cfg: DictConfig) -> None:
     _check(ebs is None or ebs >= 1, "data_format.eval_batch_size", ebs,
            "null (batch_size) or a positive integer")  # fmt: skip
     _check(mcc is None or mcc > 0, "data_format.max_chars_per_cell", mcc, "null (off) or > 0")
+    _check(cfg.encoder.last_stride in (16, 32), "encoder.last_stride", cfg.encoder.last_stride,
+           "32 (the paper's ResNet) or 16 (layer4 without downsampling)")  # fmt: skip
+    if cfg.optim.ctc_weight > 0:
+        k = cfg.model.ctc_frames_per_column
+        _check(k >= 1, "model.ctc_frames_per_column", k, "a positive integer")
+        fmt = str(getattr(cfg.data_format.name, "value", cfg.data_format.name))
+        _check(fmt != "form", "optim.ctc_weight", cfg.optim.ctc_weight,
+               "0 for data_format=form: a page is no single CTC sequence (train the CTC "
+               "head on lines, then start pages from that model with model.init_from)")  # fmt: skip
     cm = list(cfg.data_format.canvas_multiple)
     _check(len(cm) == 2 and all(m > 0 and m % 32 == 0 for m in cm), "data_format.canvas_multiple",
            cm, "[height, width], each a positive multiple of 32")  # fmt: skip

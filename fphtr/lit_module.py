@@ -19,6 +19,7 @@ from fphtr.data.datamodule import Batch
 from fphtr.data.tokenizer import PAD, SPECIALS, Tokenizer
 from fphtr.decoding import transcribe as decode_batch
 from fphtr.metrics import ErrorRates, cer
+from fphtr.model.ctc import ctc_greedy, ctc_loss
 from fphtr.model.fphtr import FPHTR
 
 
@@ -71,6 +72,9 @@ class HTRModule(pl.LightningModule):
         self.beam_width, self.length_penalty = dec["beam_width"], dec["length_penalty"]
         self.train_probe = train_probe  # fixed training samples, decoded to measure train/cer
         self.rates = torch.nn.ModuleDict({"val": ErrorRates(), "test": ErrorRates()})
+        self.ctc_weight = self.optim.get("ctc_weight", 0.0)
+        if model.ctc is not None:  # the CTC head's greedy reading, a cheap second metric
+            self.ctc_rates = torch.nn.ModuleDict({"val": ErrorRates(), "test": ErrorRates()})
         self.examples: list[tuple[torch.Tensor, str, str, str]] = []  # for prediction tables
         self.n_examples = config["logger"]["log_predictions"]
         # final dropout rates, ramped up from 0 if *_dropout_ramp_steps > 0
@@ -98,7 +102,9 @@ class HTRModule(pl.LightningModule):
         rand = torch.randint_like(tokens_in, len(SPECIALS), len(self.tokenizer))
         return torch.where(flip, rand, tokens_in)
 
-    def _loss(self, batch: Batch, noise: bool = False) -> torch.Tensor:
+    def _losses(self, batch: Batch, noise: bool = False) -> dict[str, torch.Tensor]:
+        """{"loss": the training objective, "att": attention loss, "ctc": CTC loss (with
+        a CTC head only)}; loss = (1 - w) * att + w * ctc with w = optim.ctc_weight."""
         tokens_in, targets = batch.tokens[:, :-1], batch.tokens[:, 1:]
         if noise:
             tokens_in = self._noisy(tokens_in)
@@ -106,23 +112,41 @@ class HTRModule(pl.LightningModule):
         # these sizes (its backward: ~2 ms per call, 10% of a quick-start step).
         cpu = batch.images.device.type == "cpu"
         with sdpa_kernel([SDPBackend.MATH]) if cpu else contextlib.nullcontext():
-            logits = self.model(batch.images, batch.sizes, tokens_in)  # (B, T, V)
-        return F.cross_entropy(
+            if self.model.ctc is None:
+                logits = self.model(batch.images, batch.sizes, tokens_in)  # (B, T, V)
+            else:
+                logits, ctc_logits, ctc_lengths = self.model.forward_with_ctc(
+                    batch.images, batch.sizes, tokens_in
+                )
+        att = F.cross_entropy(
             logits.transpose(1, 2).float(),
             targets,
             ignore_index=PAD,
             label_smoothing=self.optim["label_smoothing"],
         )
+        if self.model.ctc is None:
+            return {"loss": att, "att": att}
+        ctc = ctc_loss(ctc_logits, ctc_lengths, batch.tokens)
+        w = self.ctc_weight
+        return {"loss": (1 - w) * att + w * ctc, "att": att, "ctc": ctc}
+
+    def _loss(self, batch: Batch, noise: bool = False) -> torch.Tensor:
+        return self._losses(batch, noise)["loss"]
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         self._ramp_dropout(self.global_step)
-        loss = self._loss(batch, noise=True)
+        losses = self._losses(batch, noise=True)
+        loss = losses["loss"]
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"non-finite training loss {loss.item()} at step {self.global_step}, "
                 f"samples {batch.ids}; the last good checkpoint is kept"
             )
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch.texts))
+        n = len(batch.texts)
+        self.log("train/loss", loss, prog_bar=True, batch_size=n)
+        if "ctc" in losses:
+            self.log("train/loss_att", losses["att"], batch_size=n)
+            self.log("train/loss_ctc", losses["ctc"], batch_size=n)
         return loss
 
     def configure_optimizers(self) -> dict:
@@ -139,6 +163,11 @@ class HTRModule(pl.LightningModule):
         return decode_batch(self.model, self.tokenizer, batch.images, batch.sizes, settings,
                             self.config["data_format"])  # fmt: skip
 
+    def transcribe_ctc(self, batch: Batch) -> list[str]:
+        """The CTC head's greedy reading (no decoder steps: one encoder pass)."""
+        logits, lengths = self.model.ctc_logits(batch.images, batch.sizes)
+        return [self.tokenizer.decode(ids) for ids in ctc_greedy(logits, lengths)]
+
     def _eval_step(self, batch: Batch, stage: str) -> None:
         # images that cannot be decoded are left out of the batch and counted, never replaced
         self.rates[stage].skip(batch.skipped)
@@ -146,6 +175,8 @@ class HTRModule(pl.LightningModule):
         if n == 0:
             return
         self.log(f"{stage}/loss", self._loss(batch), batch_size=n, sync_dist=True)
+        if self.model.ctc is not None:
+            self.ctc_rates[stage].update(batch.texts, self.transcribe_ctc(batch))
         hyps = self.transcribe(batch)
         self.rates[stage].update(batch.texts, hyps)
         for i in range(min(n, self.n_examples - len(self.examples))):
@@ -171,6 +202,10 @@ class HTRModule(pl.LightningModule):
         self.log(f"{stage}/cer", result["cer"], prog_bar=True)
         self.log(f"{stage}/wer", result["wer"], prog_bar=stage == "val")
         self.log(f"{stage}/skipped", result["skipped"].float())  # unreadable, left out
+        if self.model.ctc is not None:
+            ctc_result = self.ctc_rates[stage].compute()
+            self.ctc_rates[stage].reset()
+            self.log(f"{stage}/cer_ctc", ctc_result["cer"], prog_bar=stage == "val")
         if stage == "val" and self.train_probe is not None:
             probe = self.train_probe.to(self.device)
             self.log("train/cer", cer(probe.texts, self.transcribe(probe)))
