@@ -238,6 +238,9 @@ class TrainConfig:
     seed: int = 42
     num_workers: int = 2
     ckpt_path: str | None = None  # resume this run: a path, or "last"
+    # torch.compile the encoder's ResNet trunk (the convolutions, ~40% of a CPU step); the
+    # first step of every new canvas shape pays the compilation (see docs/quickstart.md)
+    compile: bool = False
     run_test: bool = True
     task_name: str = "train"
     tags: list[str] = field(default_factory=list)

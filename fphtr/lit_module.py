@@ -73,6 +73,8 @@ class HTRModule(pl.LightningModule):
         self.train_probe = train_probe  # fixed training samples, decoded to measure train/cer
         self.rates = torch.nn.ModuleDict({"val": ErrorRates(), "test": ErrorRates()})
         self.ctc_weight = self.optim.get("ctc_weight", 0.0)
+        if config.get("compile"):  # in place: parameter names (checkpoints) stay the same
+            self.model.encoder.trunk.compile()
         if model.ctc is not None:  # the CTC head's greedy reading, a cheap second metric
             self.ctc_rates = torch.nn.ModuleDict({"val": ErrorRates(), "test": ErrorRates()})
         self.examples: list[tuple[torch.Tensor, str, str, str]] = []  # for prediction tables

@@ -75,10 +75,13 @@ def main() -> None:
         opt.step()
 
     seen: set[tuple[int, ...]] = set()
+    first = []  # the first step of a shape pays kernel compilation (and torch.compile)
     for b in batches:  # untimed: one step per distinct shape
         if tuple(b.images.shape) not in seen:
             seen.add(tuple(b.images.shape))
+            t = time.perf_counter()
             step(b)
+            first.append(time.perf_counter() - t)
     times = []
     for b in batches[5:]:
         t = time.perf_counter()
@@ -93,6 +96,7 @@ def main() -> None:
     print(f"precision            {config['trainer']['precision']}")
     print(f"batch                {config['data_format']['batch_size']}, canvases {shapes}")
     print(f"render/load          {per_sample * 1000:.1f} ms per sample (main process)")
+    print(f"first step per shape {', '.join(f'{t:.1f} s' for t in first)}")
     print(f"step (median of {len(times)})  {statistics.median(times) * 1000:.0f} ms")
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.top))
 

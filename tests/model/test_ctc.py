@@ -154,3 +154,12 @@ def test_a_ctc_line_model_starts_a_page_model_without_the_head(tmp_path):
     hybrid = FPHTR(21, d_model=64, num_layers=1, dim_feedforward=64, ctc_frames_per_column=4)
     init_from_checkpoint(hybrid, path, page_vocab)
     assert torch.equal(hybrid.ctc.classifier.weight[:20], line.ctc.classifier.weight)
+
+
+def test_compile_compiles_the_trunk_in_place(tmp_path):
+    plain, _ = make(tmp_path)
+    compiled, _ = make(tmp_path, "compile=true")
+    assert plain.model.encoder.trunk._compiled_call_impl is None
+    assert compiled.model.encoder.trunk._compiled_call_impl is not None
+    # parameter names, hence checkpoints, are those of the uncompiled model
+    assert compiled.model.state_dict().keys() == plain.model.state_dict().keys()
