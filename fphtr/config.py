@@ -165,6 +165,9 @@ class OptimConfig:
     # loss = (1 - w) * attention + w * CTC on the encoder (words, lines); 0 = the paper's
     # model (no CTC head), 1 = CTC only (encoder pre-training, the decoder learns nothing)
     ctc_weight: float = 0.0
+    # the first this many steps train the encoder with CTC alone (w = 1, the decoder is not
+    # run), then the joint loss: DAN's CTC pre-training of the encoder, in one run
+    ctc_pretrain_steps: int = 0
 
 
 @dataclass
@@ -290,6 +293,9 @@ def validate(cfg: DictConfig) -> None:
     _check(mcc is None or mcc > 0, "data_format.max_chars_per_cell", mcc, "null (off) or > 0")
     _check(cfg.encoder.last_stride in (16, 32), "encoder.last_stride", cfg.encoder.last_stride,
            "32 (the paper's ResNet) or 16 (layer4 without downsampling)")  # fmt: skip
+    pre = cfg.optim.ctc_pretrain_steps
+    _check(pre == 0 or (pre > 0 and cfg.optim.ctc_weight > 0), "optim.ctc_pretrain_steps", pre,
+           "0, or a positive step count together with optim.ctc_weight > 0 (the CTC head)")  # fmt: skip
     if cfg.optim.ctc_weight > 0:
         k = cfg.model.ctc_frames_per_column
         _check(k >= 1, "model.ctc_frames_per_column", k, "a positive integer")

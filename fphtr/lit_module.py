@@ -104,12 +104,21 @@ class HTRModule(pl.LightningModule):
         rand = torch.randint_like(tokens_in, len(SPECIALS), len(self.tokenizer))
         return torch.where(flip, rand, tokens_in)
 
+    def _ctc_weight(self) -> float:
+        """w of the joint loss: 1 (CTC only) during the first optim.ctc_pretrain_steps."""
+        pretrain = self.optim.get("ctc_pretrain_steps", 0)
+        return 1.0 if self.training and self.global_step < pretrain else self.ctc_weight
+
     def _losses(self, batch: Batch, noise: bool = False) -> dict[str, torch.Tensor]:
         """{"loss": the training objective, "att": attention loss, "ctc": CTC loss (with
         a CTC head only)}; loss = (1 - w) * att + w * ctc with w = optim.ctc_weight."""
         tokens_in, targets = batch.tokens[:, :-1], batch.tokens[:, 1:]
         if noise:
             tokens_in = self._noisy(tokens_in)
+        w = self._ctc_weight() if self.model.ctc is not None else 0.0
+        if w >= 1.0:  # CTC only: the decoder would learn nothing, so it is not run
+            ctc = ctc_loss(*self.model.ctc_logits(batch.images, batch.sizes), batch.tokens)
+            return {"loss": ctc, "ctc": ctc}
         # On the CPU, torch's flash-attention kernel is slower than the plain math path at
         # these sizes (its backward: ~2 ms per call, 10% of a quick-start step).
         cpu = batch.images.device.type == "cpu"
@@ -129,7 +138,6 @@ class HTRModule(pl.LightningModule):
         if self.model.ctc is None:
             return {"loss": att, "att": att}
         ctc = ctc_loss(ctc_logits, ctc_lengths, batch.tokens)
-        w = self.ctc_weight
         return {"loss": (1 - w) * att + w * ctc, "att": att, "ctc": ctc}
 
     def _loss(self, batch: Batch, noise: bool = False) -> torch.Tensor:
@@ -147,8 +155,9 @@ class HTRModule(pl.LightningModule):
         n = len(batch.texts)
         self.log("train/loss", loss, prog_bar=True, batch_size=n)
         if "ctc" in losses:
-            self.log("train/loss_att", losses["att"], batch_size=n)
             self.log("train/loss_ctc", losses["ctc"], batch_size=n)
+        if "ctc" in losses and "att" in losses:
+            self.log("train/loss_att", losses["att"], batch_size=n)
         return loss
 
     def configure_optimizers(self) -> dict:

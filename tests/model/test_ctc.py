@@ -55,11 +55,24 @@ def test_joint_loss_mixes_attention_and_ctc(tmp_path):
     assert losses["ctc"].item() > 0
     mixed = 0.7 * losses["att"] + 0.3 * losses["ctc"]
     assert losses["loss"].item() == pytest.approx(mixed.item(), rel=1e-6)
-    # w=1 is CTC only: the decoder gets no gradient, the encoder does
+    # w=1 is CTC only: the decoder is not run (no gradient), the encoder learns
     module1, _ = make(tmp_path, "optim.ctc_weight=1")
     module1._loss(batch).backward()
-    assert module1.model.decoder.classifier.weight.grad.abs().sum() == 0
+    assert module1.model.decoder.classifier.weight.grad is None
     assert module1.model.encoder.proj.weight.grad.abs().sum() > 0
+
+
+def test_ctc_pretrain_steps_train_the_encoder_alone_first(tmp_path):
+    module, dm = make(tmp_path, "optim.ctc_weight=0.3", "optim.ctc_pretrain_steps=10")
+    batch = next(iter(dm.val_dataloader()))
+    module.train()  # global_step is 0 < 10: CTC only, the decoder is not even run
+    losses = module._losses(batch)
+    assert set(losses) == {"loss", "ctc"}
+    losses["loss"].backward()
+    assert module.model.decoder.classifier.weight.grad is None
+    assert module.model.encoder.proj.weight.grad.abs().sum() > 0
+    module.eval()  # evaluation always scores the joint loss
+    assert set(module._losses(batch)) == {"loss", "att", "ctc"}
 
 
 def test_ctc_frames_cover_the_valid_width_only():
@@ -130,6 +143,8 @@ def test_validation_logs_the_ctc_reading(tmp_path):
         (["encoder.last_stride=8"], "encoder.last_stride"),
         (["optim.ctc_weight=0.3", "model.ctc_frames_per_column=0"], "model.ctc_frames_per_column"),
         (["optim.ctc_weight=0.3", "data_format=form"], "optim.ctc_weight"),
+        (["optim.ctc_pretrain_steps=100"], "optim.ctc_pretrain_steps"),  # no CTC head
+        (["optim.ctc_weight=0.3", "optim.ctc_pretrain_steps=-1"], "optim.ctc_pretrain_steps"),
     ],
 )
 def test_impossible_values_are_refused(tmp_path, overrides, key):
