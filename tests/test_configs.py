@@ -112,6 +112,8 @@ def test_unknown_group_option_lists_available_ones():
         ("dataset.val_writers=[kalm]", "dataset.val_writers"),
         ("dataset.train_writers=[caveat,kalam]", "dataset.train_writers"),
         ("dataset.line_width=[800,500]", "dataset.line_width"),
+        ("data_format.eval_batch_size=0", "data_format.eval_batch_size"),
+        ("data_format.max_chars_per_cell=0", "data_format.max_chars_per_cell"),
     ],
 )
 def test_impossible_values_are_rejected_before_work(override, key):

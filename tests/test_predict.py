@@ -228,19 +228,17 @@ def test_plan_batches_groups_similar_sizes(page, tmp_path):
     assert plan_batches(paths, 3, False, 1.0, 4000, 4000) == [[0, 1, 2], [3, 4, 5], [6]]
 
 
-def test_progress_bar_goes_to_a_terminal_stderr_never_to_stdout(tiny_run, page, tmp_path):
+def _run_on_a_terminal(args: list[str], cwd: Path) -> tuple[int, str, str]:
+    """fphtr-predict with stderr on a pseudo-terminal: (exit code, stdout, terminal output)."""
     import pty
     import threading
 
-    paths = _mixed_folder(page, tmp_path / "in")
-    ckpt = tiny_run / "checkpoints" / "last.ckpt"
     master, slave = pty.openpty()
     env = dict(os.environ, NO_ALBUMENTATIONS_UPDATE="1", WANDB_MODE="offline", TERM="xterm",
                COLUMNS="120")  # fmt: skip
     proc = subprocess.Popen(
-        [sys.executable, "-m", "fphtr.predict", *FAST, f"checkpoint={ckpt}",
-         f"input={tmp_path / 'in'}", "batch_size=2"],
-        stdout=subprocess.PIPE, stderr=slave, stdin=subprocess.DEVNULL, env=env, cwd=tmp_path,
+        [sys.executable, "-m", "fphtr.predict", *FAST, *args],
+        stdout=subprocess.PIPE, stderr=slave, stdin=subprocess.DEVNULL, env=env, cwd=cwd,
     )  # fmt: skip
     os.close(slave)
     chunks: list[bytes] = []
@@ -260,12 +258,21 @@ def test_progress_bar_goes_to_a_terminal_stderr_never_to_stdout(tiny_run, page, 
     stdout, _ = proc.communicate(timeout=300)
     reader.join(timeout=10)
     os.close(master)
-    assert proc.returncode == 0
-    err = b"".join(chunks).decode(errors="replace")
-    assert "img/s" in err and f"{len(paths)}/{len(paths)}" in err
-    lines = stdout.decode().splitlines()
-    assert [line.split("\t")[0] for line in lines] == [str(p) for p in sorted(paths)]
-    assert "img/s" not in stdout.decode() and "\x1b" not in stdout.decode()
+    return proc.returncode, stdout.decode(), b"".join(chunks).decode(errors="replace")
+
+
+def test_progress_bar_goes_to_a_terminal_stderr_never_to_stdout(tiny_run, page, tmp_path):
+    paths = _mixed_folder(page, tmp_path / "in")
+    ckpt = tiny_run / "checkpoints" / "last.ckpt"
+    args = [f"checkpoint={ckpt}", f"input={tmp_path / 'in'}", "batch_size=2"]
+    code, stdout, terminal = _run_on_a_terminal(args, tmp_path)
+    assert code == 0
+    assert "img/s" in terminal and f"{len(paths)}/{len(paths)}" in terminal
+    assert [line.split("\t")[0] for line in stdout.splitlines()] == [str(p) for p in sorted(paths)]
+    assert "img/s" not in stdout and "\x1b" not in stdout
+    # progress=false: no bar, even on a terminal
+    code, stdout_off, terminal = _run_on_a_terminal([*args, "progress=false"], tmp_path)
+    assert code == 0 and stdout_off == stdout and "img/s" not in terminal
     # not a terminal (a pipe, a file): no bar at all
     out = run_cli([f"checkpoint={ckpt}", f"input={tmp_path / 'in'}"], tmp_path)
     assert out.returncode == 0 and "img/s" not in out.stderr and out.stderr == ""
