@@ -3,7 +3,7 @@
 
     python scripts/benchmark.py                      # the full run recorded in docs/benchmarks.md
     python scripts/benchmark.py --quick              # shorter sequences, fewer steps; prints only
-    python scripts/benchmark.py --only decoding      # decoding, training, loader, memory
+    python scripts/benchmark.py --only decoding      # decoding, training, loader, memory, predict
 
 Sections:
 - decoding: cached vs full re-computation (the whole decoder, memory projections included,
@@ -19,6 +19,11 @@ Sections:
   training fed by it, against the model's consumption measured above.
 - memory: peak resident memory of one form training step (forward, backward, AdamW step)
   at batch 1 and the default scale, in a fresh process.
+- predict: pages/s of `fphtr-predict` on a folder of 64 synthetic images (lines and pages
+  mixed), today's code (BASELINE_REV, run from `git archive`) against the batched one at
+  batch 1, 8, 32, bucketed or not, 0 or 2 workers (an untrained checkpoint; see the report).
+- step: cached greedy vs full re-computation at form length with the machine's cores, the
+  step's FLOP/s against torch.mm at its sizes, torch.compile of the step, batch scaling.
 
 Environment: set NO_ALBUMENTATIONS_UPDATE=1 WANDB_MODE=offline. The machine is described
 in the output, including the load average: other processes on a shared machine slow
@@ -176,6 +181,96 @@ def bench_decoding(quick: bool) -> tuple[list[dict], list[dict]]:
     return rows, threads
 
 
+def _step_flops(model: FPHTR, memory: int, tokens: int) -> float:
+    """Multiply-adds x 2 of one cached greedy step, averaged over `tokens` steps: every
+    decoder linear layer on one token, self-attention over the prefix (mean length
+    tokens/2), cross-attention over `memory` positions (scores and weighted sum)."""
+    dec = model.decoder
+    linear = sum(m.in_features * m.out_features for name, m in dec.named_modules()
+                 if isinstance(m, torch.nn.Linear) and "cross_kv" not in name)  # fmt: skip
+    d, layers = dec.d_model, len(dec.layers)
+    attention = layers * 2 * d * (tokens / 2 + memory)
+    return 2.0 * (linear + attention)
+
+
+def _matmul_flops(m: int, k: int, n: int, threads: int, repeats: int = 50) -> float:
+    """Measured FLOP/s of torch.mm (m x k) @ (k x n) with the given intra-op threads."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    a, b = torch.randn(m, k), torch.randn(k, n)
+    torch.mm(a, b)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        torch.mm(a, b)
+    sec = (time.perf_counter() - start) / repeats
+    torch.set_num_threads(before)
+    return 2.0 * m * k * n / sec
+
+
+def bench_step(quick: bool) -> dict[str, Any]:
+    """Cached greedy vs full re-computation at form length, both with the machine's cores
+    (cached: its step-loop thread setting and all threads; full: all threads), the step's
+    achieved FLOP/s against torch.mm at the step's sizes, and torch.compile of the step."""
+    torch.manual_seed(0)
+    model = FPHTR(80).eval()
+    with torch.no_grad():
+        model.decoder.classifier.bias[EOS] = -1e4  # never stop: decode exactly `tokens`
+    tokens, positions = (200, 1000) if quick else (700, 1000)
+    torch.manual_seed(1)
+    mem, pad = torch.randn(1, positions, 260), torch.zeros(1, positions, dtype=torch.bool)
+    cores = torch.get_num_threads()
+    out: dict[str, Any] = {"tokens": tokens, "memory": positions, "cores": cores}
+    results = {}
+    for name, threads, cache in (("cached_1", 1, True), (f"cached_{cores}", cores, True),
+                                 (f"full_{cores}", cores, False)):  # fmt: skip
+        decoding.CPU_DECODE_THREADS = threads
+        sec, cpu, ids = timed(lambda c=cache: decoding.greedy(model, mem, pad, tokens,
+                                                              use_cache=c), 1)  # fmt: skip
+        out[f"{name}_s"], out[f"{name}_cpu"], results[name] = sec, cpu, ids
+        print(f"step {name}: {sec:.2f} s wall, {cpu:.2f} s CPU", flush=True)
+    decoding.CPU_DECODE_THREADS = 1
+    cached = min(out["cached_1_s"], out[f"cached_{cores}_s"])
+    out["ratio"] = out[f"full_{cores}_s"] / cached
+    out["identical"] = all(torch.equal(results["cached_1"], r) for r in results.values())
+    flops = _step_flops(model, positions, tokens)
+    out["step_flops"] = flops
+    out["achieved"] = flops * tokens / out["cached_1_s"]
+    d, ff = model.decoder.d_model, model.decoder.layers[0].ff[0].out_features
+    out["mm_step"] = _matmul_flops(1, d, ff, 1)  # one token through the feed-forward layer
+    out["mm_batch32"] = _matmul_flops(32, d, ff, 1)  # 32 samples decoded together
+    out["mm_large"] = _matmul_flops(1024, 1024, 1024, 1, 5)  # the core's arithmetic limit
+    # torch.compile of the one-token step (dynamic shapes: one graph for every position)
+    try:
+        compiled = torch.compile(model.decoder, dynamic=True)
+        original = decoding.IncrementalDecoder.step
+
+        def step(self, tok):
+            logits = compiled(tok[:, None], self.mem_kv, self.padding, self.cache, self.pos)
+            self.pos += 1
+            return logits[:, -1]
+
+        decoding.IncrementalDecoder.step = step
+        start = time.perf_counter()
+        decoding.greedy(model, mem, pad, 16)  # under no_grad, as the timed run
+        out["compile_s"] = time.perf_counter() - start
+        sec, _, ids = timed(lambda: decoding.greedy(model, mem, pad, tokens), 1)
+        out["compiled_s"], out["compiled_identical"] = (
+            sec,
+            bool(torch.equal(ids, results["cached_1"])),
+        )
+        decoding.IncrementalDecoder.step = original
+        print(f"compiled step: {sec:.2f} s (compiling {out['compile_s']:.0f} s)", flush=True)
+    except Exception as e:  # noqa: BLE001 - a missing compiler must not stop the benchmark
+        out["compile_error"] = f"{type(e).__name__}: {str(e)[:200]}"
+        print(f"torch.compile failed: {out['compile_error']}", flush=True)
+    # batch scaling of the cached step: per-sample cost at batch 1, 8, 32 (200 tokens)
+    for b in (1, 8, 32):
+        m, p = torch.randn(b, positions, 260), torch.zeros(b, positions, dtype=torch.bool)
+        sec, _, _ = timed(lambda m=m, p=p: decoding.greedy(model, m, p, 200), 1)
+        out[f"batch_{b}_ms"] = sec / 200 * 1e3
+    return out
+
+
 # --- training -------------------------------------------------------------------------------
 def train_config(overrides: list[str]) -> dict[str, Any]:
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
@@ -330,6 +425,98 @@ def bench_training(quick: bool, loader_too: bool) -> dict[str, Any]:
     return result
 
 
+# --- predict --------------------------------------------------------------------------------
+BASELINE_REV = "6df32db"  # fphtr-predict before batching/bucketing (fixed chunks, in order)
+
+
+def _predict_checkpoint(path: Path, limits: bool, decoder: str, max_len: int) -> None:
+    """An untrained checkpoint: ResNet-18 + the given decoder, pages at scale 0.3, at most
+    max_len tokens. Untrained, it never emits EOS: each image decodes to its length limit
+    (`max_chars_per_cell`, from its size, as a trained model stops at its text's end), or
+    to max_len tokens without limits."""
+    from fphtr.data.synthetic import charset
+    from fphtr.data.tokenizer import Tokenizer
+
+    config = train_config(["data_format=form", "data_format.scale=0.3", f"decoder={decoder}",
+                           f"data_format.max_target_len={max_len}"])  # fmt: skip
+    config["data_format"]["max_chars_per_cell"] = 2.0 if limits else None
+    tokenizer = Tokenizer(charset())
+    torch.manual_seed(0)
+    model = build_model(config, len(tokenizer), load_pretrained=False).eval()
+    state = {f"model.{k}": v for k, v in model.state_dict().items()}
+    torch.save({"state_dict": state, "fphtr": {"config": config,
+                "tokenizer": tokenizer.to_dict()}}, path)  # fmt: skip
+
+
+def _mixed_folder(folder: Path, n: int) -> None:
+    """n synthetic images at ~300 dpi, half text lines, half pages of 1-10 lines, their
+    names interleaved (a folder's sorted order mixes them)."""
+    from PIL import Image
+
+    from fphtr.data.synthetic import SyntheticHandwriting
+
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = SyntheticHandwriting("val", "line", size=n // 2, seed=5, scale=1.0)
+    pages = SyntheticHandwriting("val", "form", size=n - n // 2, seed=5, scale=1.0)
+    for i in range(n):
+        ds, kind = (lines, "line") if i % 2 == 0 else (pages, "page")
+        Image.fromarray(ds[i // 2].image).save(folder / f"{i:03d}_{kind}.png")
+
+
+def _run_predict(args: list[str], pythonpath: str | None = None) -> tuple[float, str]:
+    env = dict(os.environ, NO_ALBUMENTATIONS_UPDATE="1", WANDB_MODE="disabled")
+    if pythonpath:
+        env["PYTHONPATH"] = pythonpath
+    start = time.perf_counter()
+    out = subprocess.run([sys.executable, "-m", "fphtr.predict", *args], capture_output=True,
+                         text=True, env=env, cwd="/tmp", check=True)  # fmt: skip
+    return time.perf_counter() - start, out.stdout
+
+
+def bench_predict(quick: bool, decoder: str = "small", max_len: int = 200,
+                  grid: bool = True) -> dict[str, Any]:  # fmt: skip
+    """Pages/s of fphtr-predict over a mixed folder, every run a fresh `fphtr-predict`
+    process (model loading included): today's code at BASELINE_REV, and the batched one at
+    batch 1, 8, 32, bucketed or not, workers 0 or 2."""
+    import tempfile
+
+    n = 16 if quick else 64
+    tmp = Path(tempfile.mkdtemp(prefix="fphtr-bench-predict-"))
+    _mixed_folder(tmp / "images", n)
+    for limits in (True, False):
+        _predict_checkpoint(tmp / f"limits-{limits}.ckpt", limits, decoder, max_len)
+    base = tmp / "baseline"
+    base.mkdir()
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", BASELINE_REV],
+                             capture_output=True, check=True).stdout  # fmt: skip
+    subprocess.run(["tar", "-x", "-C", str(base)], input=archive, check=True)
+
+    def args(limits: bool, *opts: str) -> list[str]:
+        return [f"checkpoint={tmp / f'limits-{limits}.ckpt'}", f"input={tmp / 'images'}", *opts]
+
+    rows = []
+    secs, today = _run_predict(args(True, "batch_size=8"), str(base))
+    rows.append({"code": f"today ({BASELINE_REV})", "batch": 8, "bucket": False, "workers": 0,
+                 "seconds": secs})  # fmt: skip
+    print(f"today, batch 8: {n / secs:.2f} pages/s", flush=True)
+    configs = [(b, bucket, w) for b in (1, 8, 32) for bucket in (False, True) for w in (0, 2)]
+    if not grid:  # the acceptance comparison only
+        configs = [(8, False, 2), (8, True, 2), (32, True, 2)]
+    for batch, bucket, workers in configs:
+        secs, _ = _run_predict(args(True, f"batch_size={batch}", f"bucket={bucket}",
+                                    f"num_workers={workers}"))  # fmt: skip
+        rows.append({"code": "batched", "batch": batch, "bucket": bucket, "workers": workers,
+                     "seconds": secs})  # fmt: skip
+        print(f"batch {batch} bucket {bucket} workers {workers}: {n / secs:.2f} pages/s",
+              flush=True)  # fmt: skip
+    result = {"images": n, "rows": rows, "decoder": decoder, "max_len": max_len}
+    if grid:  # identical transcriptions at batch size 1 (no length limits: today's work)
+        _, old = _run_predict(args(False, "batch_size=1"), str(base))
+        _, new = _run_predict(args(False, "batch_size=1", "bucket=true", "num_workers=2"))
+        result["identical_batch1"] = old == new and bool(old)
+    return result
+
+
 # --- memory ---------------------------------------------------------------------------------
 def _rss_mb() -> float:
     pages = int(Path("/proc/self/statm").read_text().split()[1])
@@ -380,7 +567,15 @@ def bench_memory() -> dict[str, Any]:
 
 
 # --- report ---------------------------------------------------------------------------------
-def report(m: dict, dec: tuple | None, train: dict | None, mem: dict | None, quick: bool) -> str:
+def report(
+    m: dict,
+    dec: tuple | None,
+    train: dict | None,
+    mem: dict | None,
+    quick: bool,
+    pred: dict | None = None,
+    step: dict | None = None,
+) -> str:
     lines = [
         "# Benchmarks",
         "",
@@ -445,6 +640,83 @@ def report(m: dict, dec: tuple | None, train: dict | None, mem: dict | None, qui
             "|---:|---:|---:|",
             *[f"| {t['threads']} | {t['cached']:.0f} | {t['full']:.1f} |" for t in threads],
         ]
+    if step:
+        c = step["cores"]
+        compiled = (
+            f"{step['compiled_s']:.2f} s after {step['compile_s']:.0f} s of compiling "
+            f"(identical tokens: {'yes' if step['compiled_identical'] else 'NO'})"
+            if "compiled_s" in step
+            else f"failed ({step.get('compile_error')})"
+        )
+        lines += [
+            "",
+            "## The decoding step: cached vs full at form length, FLOP/s, torch.compile",
+            "",
+            f"Paper-sized decoder, batch 1, {step['tokens']} tokens, {step['memory']} memory "
+            f"positions, EOS disabled; one run each, both given the machine's {c} cores.",
+            "",
+            "| | wall s | CPU s |",
+            "|---|---:|---:|",
+            f"| cached, 1 step-loop thread (the default) | {step['cached_1_s']:.2f} | "
+            f"{step['cached_1_cpu']:.2f} |",
+            f"| cached, {c} threads | {step[f'cached_{c}_s']:.2f} | {step[f'cached_{c}_cpu']:.2f} |",
+            f"| full re-computation, {c} threads | {step[f'full_{c}_s']:.2f} | "
+            f"{step[f'full_{c}_cpu']:.2f} |",
+            f"| cached, torch.compile of the step (dynamic shapes) | {compiled} | |",
+            "",
+            f"Cached greedy is **{step['ratio']:.1f}x** faster than full re-computation by wall "
+            f"clock (goal: 30x), tokens identical: {'yes' if step['identical'] else 'NO'}.",
+            "",
+            f"One cached step is {step['step_flops'] / 1e6:.1f} MFLOP (linear layers on one "
+            "token, self-attention over the mean prefix, cross-attention over the memory); "
+            f"the step loop achieves **{step['achieved'] / 1e9:.2f} GFLOP/s** on one thread. "
+            f"torch.mm on one thread at the step's sizes: {step['mm_step'] / 1e9:.2f} GFLOP/s "
+            f"for one token (1x260 @ 260x1024), {step['mm_batch32'] / 1e9:.2f} GFLOP/s for "
+            f"32 tokens (32x260 @ 260x1024), {step['mm_large'] / 1e9:.1f} GFLOP/s for "
+            "1024^3 (the core's arithmetic limit).",
+            "",
+            "Per-step time of the cached loop by batch size (200 tokens, 1000 memory "
+            f"positions): batch 1 {step['batch_1_ms']:.1f} ms, batch 8 {step['batch_8_ms']:.1f} "
+            f"ms, batch 32 {step['batch_32_ms']:.1f} ms.",
+        ]
+    if pred:
+        n = pred["images"]
+        today = pred["rows"][0]
+        best = max(pred["rows"][1:], key=lambda r: n / r["seconds"])
+        lines += [
+            "",
+            "## fphtr-predict: batching, bucketing, workers",
+            "",
+            f"{n} synthetic images at ~300 dpi in one folder, half text lines and half pages "
+            "of 1-10 lines, names interleaved. Every run is a fresh `fphtr-predict` process "
+            "(model loading included), in the same run of this script. The checkpoint is "
+            f"untrained (ResNet-18 + the {pred['decoder']} decoder, pages at scale 0.3, at "
+            f"most {pred['max_len']} tokens; "
+            "`data_format.max_chars_per_cell=2.0`): untrained, it never emits EOS, so each "
+            "image decodes to its length limit from its size, as a trained model stops at the "
+            "end of its text; *today* (fphtr-predict at "
+            f"`{BASELINE_REV}`, fixed chunks in input order, no limits) decodes every image "
+            f"to {pred['max_len']} tokens.",
+            "",
+            "| code | batch | bucketed | workers | s | pages/s | vs today |",
+            "|---|---:|---|---:|---:|---:|---:|",
+            *[
+                f"| {r['code']} | {r['batch']} | {'yes' if r['bucket'] else 'no'} | "
+                f"{r['workers']} | {r['seconds']:.1f} | {n / r['seconds']:.2f} | "
+                f"{today['seconds'] / r['seconds']:.1f}x |"
+                for r in pred["rows"]
+            ],
+            "",
+            f"Best: batch {best['batch']}, {'bucketed' if best['bucket'] else 'unbucketed'}, "
+            f"{best['workers']} workers, **{today['seconds'] / best['seconds']:.1f}x** today's "
+            "pages/s.",
+        ]
+        if "identical_batch1" in pred:
+            lines[-1] += (
+                " At batch size 1 without length limits the transcriptions of today's code "
+                "and of the batched code (bucketed, 2 workers) are "
+                f"{'identical' if pred['identical_batch1'] else 'NOT identical'}."
+            )
     if train:
         bs = train["batch_size"]
         lines += [
@@ -525,11 +797,16 @@ def report(m: dict, dec: tuple | None, train: dict | None, mem: dict | None, qui
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="shorter runs; prints the report")
-    parser.add_argument("--only", default="decoding,training,loader,memory",
+    parser.add_argument("--only", default="decoding,training,loader,memory,predict,step",
                         help="comma-separated sections")  # fmt: skip
     parser.add_argument("--output", help="markdown file (default: docs/benchmarks.md, "
                         "or only printed with --quick)")  # fmt: skip
     parser.add_argument("--memory-probe", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--predict-decoder", default="small", help="decoder= of the predict "
+                        "checkpoint (small: the grid in minutes; paper: the real cost)")  # fmt: skip
+    parser.add_argument("--predict-max-len", type=int, default=200)
+    parser.add_argument("--predict-focus", action="store_true",
+                        help="predict: only today vs batch 8/32 with 2 workers")  # fmt: skip
     args = parser.parse_args()
     if args.memory_probe:
         print(json.dumps(memory_probe()))
@@ -541,8 +818,13 @@ def main() -> None:
     if sections & {"training", "loader"}:
         train = bench_training(args.quick, loader_too="loader" in sections)
     mem = bench_memory() if "memory" in sections else None
+    pred = None
+    if "predict" in sections:
+        pred = bench_predict(args.quick, args.predict_decoder, args.predict_max_len,
+                             not args.predict_focus)  # fmt: skip
+    step = bench_step(args.quick) if "step" in sections else None
     m["load_end"] = os.getloadavg()
-    text = report(m, dec, train, mem, args.quick)
+    text = report(m, dec, train, mem, args.quick, pred, step)
     print(text)
     output = args.output or (None if args.quick else str(REPO / "docs" / "benchmarks.md"))
     if output:
