@@ -66,3 +66,40 @@ def tiny_run(tmp_path_factory) -> Path:
     fast = ["run_test=false", "callbacks.train_cer_samples=0", "data_format.max_target_len=40"]
     train(compose_train([*TINY, *fast], run))
     return run
+
+
+# The word model of `varied_checkpoint`: TINY with word images, no dropout or smoothing.
+VARIED = [*TINY, "data_format=word", "encoder.dropout=0", "decoder.dropout=0",
+          "optim.label_smoothing=0", "data_format.max_target_len=20"]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def varied_checkpoint(tmp_path_factory) -> Path:
+    """A checkpoint (as training writes them) of a tiny word model overfitted on the first
+    6 synthetic validation words of `VARIED`: its transcriptions differ from sample to
+    sample and are mostly right, so that a mix-up of samples or a double count changes
+    CER (a 2-step model writes nearly the same string for every image)."""
+    from omegaconf import OmegaConf
+
+    from fphtr.data.datamodule import build_datamodule
+    from fphtr.lit_module import HTRModule
+    from fphtr.model.fphtr import build_model
+
+    path = tmp_path_factory.mktemp("varied") / "varied.ckpt"
+    cfg = compose_train([*VARIED, "dataset.val_size=6", "data_format.batch_size=6"])
+    config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    torch.manual_seed(0)
+    dm = build_datamodule(config, splits=("val",))
+    batch = next(iter(dm.val_dataloader()))
+    module = HTRModule(build_model(config, len(dm.tokenizer)), dm.tokenizer, config)
+    opt = torch.optim.AdamW(module.parameters(), lr=1e-3)
+    module.train()
+    for _ in range(60):
+        loss = module._loss(batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    state = {f"model.{k}": v for k, v in module.model.state_dict().items()}
+    fphtr = {"config": config, "tokenizer": dm.tokenizer.to_dict()}
+    torch.save({"state_dict": state, "fphtr": fphtr}, path)
+    return path

@@ -18,29 +18,31 @@ from fphtr.checkpoint import load_model
 from fphtr.data.datamodule import build_datamodule
 from fphtr.lit_module import HTRModule
 
-from .conftest import TINY, compose_train
+from .conftest import TINY, VARIED, compose_train
 
-# 5 validation samples over 2 processes: a padding sampler would count one twice
+# 5 validation samples over 2 processes: a padding sampler would count one twice. The
+# model starts from `varied_checkpoint` (lr negligible): its transcriptions differ per
+# sample, so a mix-up or a double count across the processes changes CER.
 ARGS = [
-    *(a for a in TINY if not a.startswith(("logger=", "trainer.max_steps", "dataset.val_size"))),
+    *(a for a in VARIED if not a.startswith(("logger=", "trainer.max_steps", "dataset.val_size"))),
     "logger=csv",
     "dataset.val_size=5",
     "data_format.batch_size=2",
     "trainer.max_steps=2",
     "run_test=false",
-    "data_format.max_target_len=20",
+    "optim.lr=1e-9",
     "callbacks.train_cer_samples=0",
 ]
 
 
 @pytest.fixture(scope="module")
-def ddp_sweep(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+def ddp_sweep(tmp_path_factory, varied_checkpoint) -> tuple[Path, subprocess.CompletedProcess]:
     """One job of a multirun (-m) with trainer=ddp_cpu, as `fphtr-train` runs it."""
     cwd = tmp_path_factory.mktemp("ddp")
     env = dict(os.environ, WANDB_MODE="offline", NO_ALBUMENTATIONS_UPDATE="1")
     out = subprocess.run(
         [sys.executable, "-m", "fphtr.train", "-m", "trainer=ddp_cpu", *ARGS,
-         f"hydra.sweep.dir={cwd / 'sweep'}"],
+         f"model.init_from={varied_checkpoint}", f"hydra.sweep.dir={cwd / 'sweep'}"],
         capture_output=True, text=True, timeout=600, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
@@ -62,9 +64,13 @@ def test_ddp_validation_cer_equals_a_single_process_validation(ddp_sweep):
         accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
         enable_checkpointing=False, enable_model_summary=False,
     )  # fmt: skip
-    single = trainer.validate(HTRModule(model, tokenizer, config), datamodule=datamodule)[0]
+    module = HTRModule(model, tokenizer, config)
+    single = trainer.validate(module, datamodule=datamodule)[0]
     # corpus level: edit and length totals summed over the ranks, then divided
     assert single["val/cer"] == ddp["val/cer"] and single["val/wer"] == ddp["val/wer"]
+    # a model that reads: every sample its own string, so each one counts in the totals
+    batch = next(iter(datamodule.val_dataloader()))
+    assert len(set(module.transcribe(batch))) == len(batch.texts) and ddp["val/cer"] < 0.5
     # (val/loss is a mean of batch means, so it depends on how samples are batched)
 
 

@@ -11,19 +11,23 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jiwer
 import lightning.pytorch as pl
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
 from fphtr.checkpoint import CheckpointError, load_model
 from fphtr.data.datamodule import build_datamodule
+from fphtr.data.tokenizer import EOS, Tokenizer
 from fphtr.evaluate import eval_config, evaluate
 from fphtr.lit_module import HTRModule
 from fphtr.metrics import cer
 from fphtr.predict import UsageError
+from fphtr.train import train
 
-from .conftest import CONF_DIR
+from .conftest import CONF_DIR, VARIED, compose_train
 from .data.conftest import session_fixture
 
 
@@ -35,13 +39,27 @@ def compose_eval(overrides: list[str], output_dir: Path):
     return cfg
 
 
-def test_cli_reproduces_the_validation_metrics(tiny_run, tmp_path):
-    """Acceptance: fphtr-eval split=val prints the CER/WER that validation logged."""
-    logged = json.loads((tiny_run / "metrics.json").read_text())
+@pytest.fixture(scope="module")
+def varied_run(varied_checkpoint, tmp_path_factory) -> Path:
+    """A 1-step run started from `varied_checkpoint` at a negligible learning rate: the
+    validation it logged is that of a model whose transcriptions differ per sample."""
+    run = tmp_path_factory.mktemp("varied_run") / "run"
+    train(compose_train([*VARIED, f"model.init_from={varied_checkpoint}", "optim.lr=1e-9",
+                         "trainer.max_steps=1", "run_test=false", "dataset.val_size=5",
+                         "data_format.batch_size=2", "callbacks.train_cer_samples=0"], run))  # fmt: skip
+    return run
+
+
+def test_cli_reproduces_the_validation_metrics(varied_run, tmp_path):
+    """Acceptance: fphtr-eval split=val prints the CER/WER that validation logged, for a
+    model whose transcriptions differ from sample to sample (a mix-up of samples, a double
+    count or a dropped batch would change the numbers)."""
+    logged = json.loads((varied_run / "metrics.json").read_text())
     out_dir = tmp_path / "eval"
     env = dict(os.environ, NO_ALBUMENTATIONS_UPDATE="1", WANDB_MODE="offline")
+    # 1 step, validated after fit: last.ckpt holds the validated weights
     out = subprocess.run(
-        [sys.executable, "-m", "fphtr.evaluate", f"checkpoint={logged['best_checkpoint']}",
+        [sys.executable, "-m", "fphtr.evaluate", f"checkpoint={logged['last_checkpoint']}",
          "split=val", "progress=false", f"hydra.run.dir={out_dir}"],
         capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env,
     )  # fmt: skip
@@ -52,12 +70,65 @@ def test_cli_reproduces_the_validation_metrics(tiny_run, tmp_path):
     metrics = json.loads((out_dir / "metrics.json").read_text())
     assert metrics["cer"] == pytest.approx(logged["val/cer"], rel=1e-6)
     assert metrics["wer"] == pytest.approx(logged["val/wer"], rel=1e-6)
-    assert metrics["samples"] == 4 and metrics["split"] == "val"
+    assert metrics["samples"] == 5 and metrics["split"] == "val" and metrics["skipped"] == 0
     with open(out_dir / "predictions.csv", newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
-    assert [r["id"] for r in rows] == [f"synthetic-val-0-{i}" for i in range(4)]
+    assert [r["id"] for r in rows] == [f"synthetic-val-0-{i}" for i in range(5)]
     assert all(set(r) == {"id", "reference", "hypothesis", "cer"} for r in rows)
+    hyps = [r["hypothesis"] for r in rows]
+    assert len(set(hyps)) == 5 and logged["val/cer"] < 0.5  # varied, mostly right
     assert (out_dir / "worst.png").stat().st_size > 0
+
+
+class _Recording(HTRModule):
+    """The training module, keeping every (reference, hypothesis) it scores."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.seen: list[tuple[str, str]] = []
+
+    def transcribe(self, batch):
+        hyps = super().transcribe(batch)
+        self.seen += list(zip(batch.texts, hyps, strict=True))
+        return hyps
+
+
+def test_validation_and_eval_cer_are_jiwer_s_on_the_decoded_strings(varied_checkpoint, tmp_path):
+    """The real path, not `cer()` on strings: a batch through HTRModule's validation
+    (ErrorRates) and through fphtr-eval, compared with jiwer on the decoded strings (every
+    character kept). The model is made to end its words with a run of spaces (EOS banned,
+    spaces favoured where it is unsure), the case jiwer's default transform does not charge."""
+    ckpt = torch.load(varied_checkpoint, map_location="cpu", weights_only=True)
+    space = Tokenizer.from_dict(ckpt["fphtr"]["tokenizer"]).encode(" ")[1]
+    bias = ckpt["state_dict"]["model.decoder.classifier.bias"]
+    bias[EOS] = -1e4
+    bias[space] += 6.0
+    path = tmp_path / "spaces.ckpt"
+    torch.save(ckpt, path)
+
+    model, tokenizer, config = load_model(path)
+    config["dataset"]["val_size"] = 5
+    config["decoding"]["max_len"] = 12
+    dm = build_datamodule(config, splits=("val",))
+    dm.tokenizer = tokenizer
+    module = _Recording(model, tokenizer, config)
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, enable_checkpointing=False)  # fmt: skip
+    logged = trainer.validate(module, datamodule=dm, verbose=False)[0]
+    refs, hyps = zip(*module.seen, strict=True)
+    assert len(refs) == 5 and any(h.endswith(" ") for h in hyps), hyps
+    keep = jiwer.ReduceToListOfListOfChars()
+    expected = jiwer.cer(list(refs), list(hyps), reference_transform=keep,
+                         hypothesis_transform=keep)  # fmt: skip
+    assert expected != pytest.approx(jiwer.cer(list(refs), list(hyps)))  # the case matters
+    assert logged["val/cer"] == pytest.approx(expected)
+
+    cfg = compose_eval([f"checkpoint={path}", "split=val", "+dataset.val_size=5",
+                        "decoding.max_len=12", "worst=0"], tmp_path / "eval")  # fmt: skip
+    metrics = evaluate(cfg)
+    with open(tmp_path / "eval" / "predictions.csv", newline="", encoding="utf-8") as f:
+        assert [r["hypothesis"] for r in csv.DictReader(f)] == list(hyps)
+    assert metrics["cer"] == pytest.approx(expected)
 
 
 def test_dataset_keys_and_group_options_override_the_checkpoint(tiny_run, tmp_path):

@@ -14,8 +14,9 @@ from omegaconf import OmegaConf
 
 from fphtr.config import ConfigError, validate
 from fphtr.data.augment import Augmenter
-from fphtr.data.datamodule import PreparedDataset, build_datamodule
+from fphtr.data.datamodule import build_datamodule
 from fphtr.data.iam import IAM, IAMError, build_iam, unseen_characters
+from fphtr.predict import ImageFiles
 
 from ..conftest import TINY, compose_train
 from .conftest import aachen_dir
@@ -240,23 +241,41 @@ def test_size_limits_take_a_seeded_subset(iam_fixture, tmp_path):
     assert len(first) == 5 and first == [it.id for it in build_iam(config)[0]["train"].items]
 
 
-@pytest.mark.parametrize("kind", ["line", "form"])
-def test_train_and_evaluation_images_of_a_sample_have_the_same_geometry(
-    iam_fixture, tmp_path, kind
-):
-    config = iam_config(
-        iam_fixture.root, [f"data_format={kind}", "dataset.split=official"], tmp_path
-    )
-    dm = build_datamodule(config)
-    train = dm.train  # no augmentation, no synthetic samples: the plain training stream
-    evaluation = PreparedDataset(train.base, train.max_height, train.max_width)
-    for i in range(len(train)):
-        a, b = train[i], evaluation[i]
-        assert a[2] == b[2] and torch.equal(a[0], b[0])
-    # and validation samples go through the very same policy
-    val = dm.evaluation["val"]
-    sample = val.base[0]
-    assert val[0][0].shape[-2:] == sample.image.shape
+@pytest.mark.parametrize("kind", ["word", "line", "form"])
+def test_val_test_and_predict_tensors_equal_the_training_path_s(iam_fixture, tmp_path, kind):
+    """One image file, four ways in: the training path (augmentation off), the real
+    validation and test datasets and fphtr-predict's loading give the same tensor. The
+    training path is a second copy of the index in which every form is a training form,
+    with its own image cache, so nothing is shared but the image files."""
+    root = iam_fixture.root
+    all_train = tmp_path / "all-train"
+    all_train.mkdir()
+    (all_train / "train.uttlist").write_text("\n".join(f.id for f in iam_fixture.forms))
+    for name in ("validation.uttlist", "test.uttlist"):
+        (all_train / name).write_text("")
+    fmt = [f"data_format={kind}", "dataset.split=aachen"]
+    config = iam_config(root, [*fmt, f"dataset.split_dir={all_train}",
+                               "dataset.train_size=null"], tmp_path / "t")  # fmt: skip
+    train = build_datamodule(config, splits=("train",)).train
+    assert train.augment is None and train.synthetic is None  # the plain training stream
+    training = {train[i][2]: train[i][0] for i in range(len(train))}
+    config = iam_config(root, [*fmt, f"dataset.split_dir={aachen_dir(iam_fixture)}"],
+                        tmp_path / "e")  # fmt: skip
+    dm = build_datamodule(config, splits=("val", "test"))
+    fmt = config["data_format"]
+    compared = 0
+    for split in ("val", "test"):
+        ds = dm.evaluation[split]
+        for i in range(len(ds)):
+            image, _, sample_id = ds[i]
+            assert torch.equal(image, training[sample_id]), (split, sample_id)
+            compared += 1
+            if kind == "form":  # predict reads the whole scan; a form sample is its crop
+                continue
+            item = ds.base.items[i]
+            files = ImageFiles([item.path], fmt["scale"], fmt["max_height"], fmt["max_width"])
+            assert torch.equal(files[0][1], image), (split, sample_id, "fphtr-predict")
+    assert compared >= 2
 
 
 def test_a_rotated_line_keeps_its_text_scale_and_paper_white_corners(iam_fixture):
@@ -314,14 +333,14 @@ def test_fixture_ascii_records_have_iam_s_fields(iam_fixture):
     for r in _records(ascii_dir / "lines.txt"):
         line = lines[r[0]]
         assert len(r) == 9 and r[1] == line.segmentation and r[2].isdigit() and r[3].isdigit()
-        assert tuple(int(v) for v in r[4:8]) == line.box
+        assert tuple(int(v) for v in r[4:8]) == tuple(line.box)
         assert r[8] == "|".join(w.text for w in line.words)
     records = _records(ascii_dir / "words.txt")
     assert len(records) == len(words)
     for r in records:
         word = words[r[0]]
         assert len(r) == 9 and r[1] == word.segmentation and r[2].isdigit()
-        assert tuple(int(v) for v in r[3:7]) == word.box and not r[7].isdigit()
+        assert tuple(int(v) for v in r[3:7]) == tuple(word.box) and not r[7].isdigit()
         assert r[8] == word.text
 
 

@@ -107,3 +107,33 @@ def test_beam_search_returns_its_best_scoring_hypothesis():
 
     g = greedy(model, memory[:1], padding[:1], 12)[0]
     assert logprob(out[0]) >= logprob(g) - 1e-4  # beam 4 finds at least the greedy score here
+
+
+def test_an_image_reads_the_same_alone_and_next_to_a_much_larger_one(varied_checkpoint):
+    """Through the encoder (trained model, greedy): each word image alone, and batched
+    top-left next to an image 3x its height and 6x its width. The transcription must not
+    change. The memory at the image's own cells is close but not bit-equal: in the batch the
+    CNN sees the canvas padding (paper, 0.0) beyond the image where alone it sees its own
+    padding up to the next multiple of 32 and then the convolutions' zero padding; both are
+    zeros at the input, but after a BatchNorm layer the canvas padding is no longer zero,
+    and the receptive field reaches across the image's border. The padding mask keeps the
+    decoder off the padded cells, which is what keeps the text the same."""
+    from fphtr.checkpoint import load_model
+    from fphtr.data.datamodule import build_datamodule, collate
+    from fphtr.lit_module import HTRModule
+
+    model, tokenizer, config = load_model(varied_checkpoint)
+    config["dataset"]["val_size"] = 6
+    dm = build_datamodule(config, splits=("val",))
+    items = [dm.evaluation["val"][i] for i in range(6)]
+    module = HTRModule(model, tokenizer, config).eval()
+    batch_of = collate(tokenizer, tuple(config["data_format"]["canvas_multiple"]))
+    texts = []
+    for image, text, sample_id in items:
+        big = image.repeat(1, 3, 6)  # a much larger image, with ink everywhere
+        alone = module.transcribe(batch_of([(image, text, sample_id)]))[0]
+        pair = batch_of([(image, text, sample_id), (big, text, "big")])
+        assert pair.images.shape[-1] >= 6 * image.shape[-1] - 32
+        assert module.transcribe(pair)[0] == alone, sample_id
+        texts.append(alone)
+    assert len(set(texts)) >= 5  # a model that reads: the images give different strings
