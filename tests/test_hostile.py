@@ -192,13 +192,15 @@ def test_read_only_output_directory_stops_before_training(tmp_path):
 def test_nan_loss_stops_with_step_and_samples_and_keeps_the_last_good_checkpoint(
     tmp_path, monkeypatch
 ):
-    loss = HTRModule._loss
+    losses = HTRModule._losses
 
     def poisoned(self, batch, noise=False):  # diverges at step 2, the first of epoch 1
-        value = loss(self, batch, noise)
-        return value * float("nan") if noise and self.global_step >= 2 else value
+        values = losses(self, batch, noise)
+        if noise and self.global_step >= 2:
+            values["loss"] = values["loss"] * float("nan")
+        return values
 
-    monkeypatch.setattr(HTRModule, "_loss", poisoned)
+    monkeypatch.setattr(HTRModule, "_losses", poisoned)
     run = tmp_path / "run"
     overrides = [*TINY, *FAST, "dataset.train_size=4", "dataset.val_size=2",
                  "data_format.batch_size=2", "trainer.max_epochs=2", "trainer.max_steps=-1"]  # fmt: skip
