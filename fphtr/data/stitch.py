@@ -339,12 +339,12 @@ class Stitcher(torch.utils.data.Dataset):
         start = int(rng.integers(len(self.words)))
         if self.kind == "word":
             image, text, word_id, _ = self._word(start)
-            return StitchedSample(image, text, sample_id, (word_id,))
+            return StitchedSample(image, text, sample_id, sources=(word_id,))
         gap = rng.uniform(0.5, 1.1)
         if self.kind == "line":
             positions = self._take(start, rng.uniform(*self.line_width), gap)
             image, _, text, ids = self._line(positions, rng, gap)
-            return StitchedSample(image, text, sample_id, tuple(ids))
+            return StitchedSample(image, text, sample_id, sources=tuple(ids))
         n_lines = int(rng.choice(self.lines_per_form))
         if self.max_lines is not None:
             n_lines = min(n_lines, self.max_lines)
@@ -359,4 +359,4 @@ class Stitcher(torch.utils.data.Dataset):
             ids += line_ids
             x_heights += [self._word(k)[3].x_height for k in positions]
         page, _ = compose_page(lines, rng, float(np.median(x_heights)), rng.uniform(*self.margin))
-        return StitchedSample(page, "\n".join(texts), sample_id, tuple(ids))
+        return StitchedSample(page, "\n".join(texts), sample_id, sources=tuple(ids))
