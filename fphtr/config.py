@@ -7,6 +7,7 @@ key or a wrongly typed value stops the run at composition, before any data is re
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -300,9 +301,14 @@ def validate(cfg: DictConfig) -> None:
         k = cfg.model.ctc_frames_per_column
         _check(k >= 1, "model.ctc_frames_per_column", k, "a positive integer")
         fmt = str(getattr(cfg.data_format.name, "value", cfg.data_format.name))
-        _check(fmt != "form", "optim.ctc_weight", cfg.optim.ctc_weight,
-               "0 for data_format=form: a page is no single CTC sequence (train the CTC "
-               "head on lines, then start pages from that model with model.init_from)")  # fmt: skip
+        if fmt == "form":  # e.g. the quick start's CTC setting with data_format=form
+            logging.getLogger(__name__).warning(
+                "optim.ctc_weight=%s set to 0 for data_format=form: a page is no single CTC "
+                "sequence (train the CTC head on lines, then start pages from that model "
+                "with model.init_from)", cfg.optim.ctc_weight,
+            )  # fmt: skip
+            cfg.optim.ctc_weight = 0.0
+            cfg.optim.ctc_pretrain_steps = 0
     cm = list(cfg.data_format.canvas_multiple)
     _check(len(cm) == 2 and all(m > 0 and m % 32 == 0 for m in cm), "data_format.canvas_multiple",
            cm, "[height, width], each a positive multiple of 32")  # fmt: skip

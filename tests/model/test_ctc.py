@@ -142,7 +142,6 @@ def test_validation_logs_the_ctc_reading(tmp_path):
         (["optim.ctc_weight=-0.1"], "optim.ctc_weight"),
         (["encoder.last_stride=8"], "encoder.last_stride"),
         (["optim.ctc_weight=0.3", "model.ctc_frames_per_column=0"], "model.ctc_frames_per_column"),
-        (["optim.ctc_weight=0.3", "data_format=form"], "optim.ctc_weight"),
         (["optim.ctc_pretrain_steps=100"], "optim.ctc_pretrain_steps"),  # no CTC head
         (["optim.ctc_weight=0.3", "optim.ctc_pretrain_steps=-1"], "optim.ctc_pretrain_steps"),
     ],
@@ -150,6 +149,19 @@ def test_validation_logs_the_ctc_reading(tmp_path):
 def test_impossible_values_are_refused(tmp_path, overrides, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         validate(compose_train([*TINY, *overrides], tmp_path))
+
+
+def test_pages_get_no_ctc_head_with_a_warning(tmp_path, caplog):
+    # a page is no single CTC sequence; the quick start's CTC setting must not block
+    # `fphtr-train data_format=form`, so the weight is set to 0 before any work, and said
+    cfg = compose_train([*TINY, "data_format=form", "optim.ctc_weight=0.3"], tmp_path)
+    with caplog.at_level("WARNING"):
+        validate(cfg)
+    assert cfg.optim.ctc_weight == 0.0
+    assert "optim.ctc_weight=0.3 set to 0 for data_format=form" in caplog.text
+    quick = compose_train(["data_format=form"], tmp_path)  # the default experiment
+    validate(quick)
+    assert quick.optim.ctc_weight == 0.0
 
 
 def test_a_ctc_line_model_starts_a_page_model_without_the_head(tmp_path):
