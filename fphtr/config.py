@@ -169,6 +169,9 @@ class OptimConfig:
     # the first this many steps train the encoder with CTC alone (w = 1, the decoder is not
     # run), then the joint loss: DAN's CTC pre-training of the encoder, in one run
     ctc_pretrain_steps: int = 0
+    # torch's fused AdamW (one kernel over all parameters; 18 ms instead of 84 ms per
+    # quick-start step on 2 CPU cores); precision=16-mixed uses the foreach kernels instead
+    fused: bool = True
 
 
 @dataclass

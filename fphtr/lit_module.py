@@ -37,11 +37,22 @@ def lr_factor(step: int, warmup: int, total: int, schedule: str, floor: float) -
 
 
 def build_optimizer(
-    params: Iterable[torch.nn.Parameter], optim: dict[str, Any], total_steps: int
+    params: Iterable[torch.nn.Parameter],
+    optim: dict[str, Any],
+    total_steps: int,
+    precision: str = "32-true",
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-    """AdamW with the configured warmup and decay (the `optim` config section)."""
+    """AdamW with the configured warmup and decay (the `optim` config section).
+
+    Fused if `optim.fused`, except under fp16 autocast: there gradients must be unscaled
+    before they are clipped, which Lightning does only for unfused optimisers."""
+    fused = optim.get("fused", False) and not str(precision).startswith("16")
     opt = torch.optim.AdamW(
-        params, lr=optim["lr"], betas=tuple(optim["betas"]), weight_decay=optim["weight_decay"]
+        params,
+        lr=optim["lr"],
+        betas=tuple(optim["betas"]),
+        weight_decay=optim["weight_decay"],
+        **({"fused": True} if fused else {"foreach": True}),
     )
     factor = partial(
         lr_factor,
@@ -162,8 +173,24 @@ class HTRModule(pl.LightningModule):
 
     def configure_optimizers(self) -> dict:
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        opt, sched = build_optimizer(self.parameters(), self.optim, total)
+        precision = self.config["trainer"]["precision"]
+        opt, sched = build_optimizer(self.parameters(), self.optim, total, precision)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        # Lightning refuses to clip for a fused optimiser under any mixed precision, because
+        # with fp16 the GradScaler would unscale inside step(). build_optimizer fuses only
+        # where there is no scaler (bf16, fp32): the gradients are already true, clip them.
+        fused = any(g.get("fused") for g in optimizer.param_groups)
+        if fused and gradient_clip_val and (gradient_clip_algorithm or "norm") == "norm":
+            torch.nn.utils.clip_grad_norm_(self.parameters(), gradient_clip_val)
+        else:
+            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     # --- evaluation -----------------------------------------------------------------------
     def transcribe(self, batch: Batch) -> list[str]:

@@ -331,7 +331,9 @@ def plain_steps(config: dict, model: FPHTR, tokenizer, loader, steps: int) -> li
     gradient clipping; (wall, CPU) seconds of each step."""
     module = HTRModule(model, tokenizer, config)  # for its loss function only
     module.train()
-    opt, sched = build_optimizer(model.parameters(), config["optim"], steps)
+    opt, sched = build_optimizer(
+        model.parameters(), config["optim"], steps, config["trainer"]["precision"]
+    )
     clip = config["trainer"]["gradient_clip_val"]
     points = []
     for step, batch in enumerate(loader):
@@ -536,7 +538,7 @@ def memory_probe() -> dict[str, Any]:
     batch = collate(dm.tokenizer)([(image, page.text, page.id)])  # as the DataLoader does
     model = build_model(config, len(dm.tokenizer))
     module = HTRModule(model, dm.tokenizer, config).train()
-    opt, _ = build_optimizer(model.parameters(), config["optim"], 1)
+    opt, _ = build_optimizer(model.parameters(), config["optim"], 1, config["trainer"]["precision"])
     before = _rss_mb()
     peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     loss = module._loss(batch, noise=True)

@@ -61,7 +61,8 @@ def main() -> None:
     batches = [next(it) for _ in range(args.steps + 5)]
     module = HTRModule(build_model(config, len(dm.tokenizer)), dm.tokenizer, config)
     module.train()
-    opt, _ = build_optimizer(module.parameters(), config["optim"], total_steps=1000)
+    precision = config["trainer"]["precision"]
+    opt, _ = build_optimizer(module.parameters(), config["optim"], 1000, precision)
     bf16 = "bf16" in str(config["trainer"]["precision"])
     clip = config["trainer"]["gradient_clip_val"]
 
@@ -93,7 +94,10 @@ def main() -> None:
 
     shapes = sorted({tuple(b.images.shape[2:]) for b in batches})
     print(f"torch threads        {torch.get_num_threads()}")
-    print(f"precision            {config['trainer']['precision']}")
+    print(
+        f"precision            {precision}, optimiser {type(opt).__name__} "
+        f"fused={opt.defaults.get('fused')}"
+    )
     print(f"batch                {config['data_format']['batch_size']}, canvases {shapes}")
     print(f"render/load          {per_sample * 1000:.1f} ms per sample (main process)")
     print(f"first step per shape {', '.join(f'{t:.1f} s' for t in first)}")

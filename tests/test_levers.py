@@ -142,3 +142,54 @@ def test_pretrained_encoder_weights_from_a_local_file(tmp_path):
     expected = resnet.conv1.weight.sum(dim=1, keepdim=True)
     assert torch.allclose(model.encoder.trunk[0].weight, expected)
     assert torch.equal(model.encoder.trunk[4][0].conv1.weight, resnet.layer1[0].conv1.weight)
+
+
+@pytest.mark.parametrize(
+    ("precision", "fused", "kernel"),
+    [("bf16-mixed", True, "fused"), ("32-true", True, "fused"),
+     ("16-mixed", True, "foreach"), ("bf16-mixed", False, "foreach")],
+)  # fmt: skip
+def test_adamw_is_fused_where_clipping_allows_it(tmp_path, precision, fused, kernel):
+    module, _, config = make_module(tmp_path, f"optim.fused={str(fused).lower()}")
+    opt, _ = build_optimizer(module.parameters(), config["optim"], 10, precision)
+    assert opt.param_groups[0][kernel] is True
+    other = {"fused": "foreach", "foreach": "fused"}[kernel]
+    assert not opt.param_groups[0][other]
+
+
+def test_fused_adamw_steps_equal_the_plain_ones_and_gradients_are_clipped(tmp_path):
+    """Lightning refuses to clip gradients for a fused optimiser under mixed precision;
+    HTRModule clips them itself (bf16 has no GradScaler), to the configured norm, and the
+    fused steps equal the foreach ones up to rounding."""
+    import lightning.pytorch as pl
+
+    module, dm, config = make_module(tmp_path, "encoder.dropout=0", "decoder.dropout=0")
+    start = {k: v.clone() for k, v in module.state_dict().items()}
+    batch = next(iter(dm.val_dataloader()))
+    loader = torch.utils.data.DataLoader([batch] * 3, batch_size=None, collate_fn=lambda b: b)
+
+    class Recording(HTRModule):
+        norms: list[float] = []
+
+        def configure_gradient_clipping(self, optimizer, gradient_clip_val=None,
+                                        gradient_clip_algorithm=None):  # fmt: skip
+            super().configure_gradient_clipping(optimizer, gradient_clip_val,
+                                                gradient_clip_algorithm)  # fmt: skip
+            grads = [p.grad.norm() for p in self.parameters() if p.grad is not None]
+            self.norms.append(torch.stack(grads).norm().item())
+
+    states = {}
+    for fused in (True, False):
+        config["optim"]["fused"] = fused
+        m = Recording(build_model(config, len(dm.tokenizer)), dm.tokenizer, config)
+        m.load_state_dict(start)
+        Recording.norms = []
+        pl.Trainer(accelerator="cpu", max_steps=3, precision="bf16-mixed",
+                   gradient_clip_val=0.01, logger=False, enable_progress_bar=False,
+                   enable_checkpointing=False, enable_model_summary=False,
+                   limit_val_batches=0).fit(m, train_dataloaders=loader)  # fmt: skip
+        assert any(g.get("fused") for g in m.trainer.optimizers[0].param_groups) == fused
+        assert len(Recording.norms) == 3 and max(Recording.norms) <= 0.01 * (1 + 1e-4)
+        states[fused] = m.model.state_dict()
+    for k, v in states[True].items():
+        assert torch.allclose(v.float(), states[False][k].float(), atol=1e-5), k
