@@ -9,7 +9,8 @@ sample, step time (forward, backward, AdamW) and torch.profiler's top operators.
 The config is composed exactly as `fphtr-train` composes it. Batches come from the training
 DataLoader; every distinct batch shape is run once untimed first (bf16 CPU kernels are
 compiled per shape). Threads follow torch's default (set OMP_NUM_THREADS to change them).
-Results for the quick start are written down in docs/benchmarks.md.
+The last lines time `opt.step()` alone for each AdamW implementation (for-loop, foreach,
+fused). Results for the quick start are written down in docs/quickstart.md.
 """
 
 from __future__ import annotations
@@ -103,6 +104,17 @@ def main() -> None:
     print(f"first step per shape {', '.join(f'{t:.1f} s' for t in first)}")
     print(f"step (median of {len(times)})  {statistics.median(times) * 1000:.0f} ms")
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.top))
+    # opt.step() alone, per AdamW implementation, on this model's parameters and gradients
+    params = [p for p in module.parameters() if p.grad is not None]
+    for name, kwargs in [("for-loop", {"foreach": False}), ("foreach", {"foreach": True}),
+                         ("fused", {"fused": True})]:  # fmt: skip
+        adamw = torch.optim.AdamW(params, lr=1e-4, **kwargs)
+        for _ in range(3):
+            adamw.step()
+        t = time.perf_counter()
+        for _ in range(20):
+            adamw.step()
+        print(f"AdamW {name:9s} {(time.perf_counter() - t) / 20 * 1000:6.1f} ms per step")
 
 
 if __name__ == "__main__":
