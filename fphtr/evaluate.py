@@ -46,7 +46,14 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from fphtr.checkpoint import CheckpointError, load_model
-from fphtr.config import ConfigError, LoggerConfig, register_configs, validate
+from fphtr.config import (
+    ConfigError,
+    LoggerConfig,
+    native_bf16,
+    register_configs,
+    resolve_precision,
+    validate,
+)
 from fphtr.data.datamodule import Batch, PreparedDataset, build_datamodule
 from fphtr.data.grid import save_sample_grid
 from fphtr.data.sample import Sample
@@ -72,7 +79,7 @@ class EvalConfig:
     batch_size: int | None = None  # default: the checkpoint's eval_batch_size or batch_size
     num_workers: int | None = None  # default: the checkpoint's num_workers
     device: str = "cpu"  # cpu, cuda, cuda:1 ...
-    precision: str | None = None  # default: the checkpoint's trainer.precision
+    precision: str | None = None  # default: the checkpoint's trainer.precision; or "auto"
     worst: int = 16  # samples drawn in worst.png (0: none)
     progress: bool = True  # Lightning's progress bar
     logger: LoggerConfig = field(default_factory=LoggerConfig)
@@ -172,7 +179,15 @@ def _trainer(cfg: DictConfig, stored: dict[str, Any]) -> pl.Trainer:
         accelerator, devices = "cpu", 1
     else:
         raise UsageError(f"device={device} is not allowed: expected cpu, cuda or cuda:N")
-    precision = cfg.precision or stored["trainer"]["precision"]
+    precision = resolve_precision(cfg.precision or stored["trainer"]["precision"], accelerator)
+    if cfg.precision is None and precision.startswith("bf16") and not native_bf16(accelerator):
+        # trained where bf16 is native; emulated here it would be ~20x slower than fp32
+        print(
+            f"fphtr-eval: precision {precision} (the checkpoint's) has no native bf16 on "
+            "this machine; using 32-true (precision=bf16-mixed to insist)",
+            file=sys.stderr,
+        )
+        precision = "32-true"
     if accelerator == "cpu" and precision in ("16-mixed", "16-true"):
         print(f"fphtr-eval: precision {precision} needs a GPU; using 32-true", file=sys.stderr)
         precision = "32-true"

@@ -146,3 +146,17 @@ def test_experiment_from_lines_without_init_from_is_refused_before_work(tmp_path
     assert not (tmp_path / "r").exists()
     validate(compose_train(["experiment=iam_forms_from_lines", "dataset.root=/x",
                             "model.init_from=/runs/lines/best.ckpt"]))  # fmt: skip
+
+
+@pytest.mark.parametrize("native, expected", [(True, "bf16-mixed"), (False, "32-true")])
+def test_precision_auto_is_bf16_only_where_it_is_native(monkeypatch, native, expected):
+    # emulated bf16 (a CPU without AVX512-BF16/AMX) made the quick start 20x slower
+    monkeypatch.setattr("fphtr.config.native_bf16", lambda accelerator: native)
+    cfg = compose_train([])  # the quick start asks for precision=auto
+    assert cfg.trainer.precision == "auto"
+    validate(cfg)
+    assert cfg.trainer.precision == expected
+    cfg = compose_train(["precision=bf16-mixed"])  # an explicit choice is kept
+    validate(cfg)
+    assert cfg.trainer.precision == "bf16-mixed"
+
