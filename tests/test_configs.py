@@ -159,4 +159,3 @@ def test_precision_auto_is_bf16_only_where_it_is_native(monkeypatch, native, exp
     cfg = compose_train(["precision=bf16-mixed"])  # an explicit choice is kept
     validate(cfg)
     assert cfg.trainer.precision == "bf16-mixed"
-
