@@ -27,7 +27,7 @@ from fphtr.metrics import cer
 from fphtr.predict import UsageError
 from fphtr.train import train
 
-from .conftest import CONF_DIR, VARIED, compose_train
+from .conftest import CONF_DIR, REPO, VARIED, compose_train
 from .data.conftest import session_fixture
 
 
@@ -217,3 +217,28 @@ def test_an_unreadable_evaluation_image_is_left_out_and_reported(
     assert out["test/skipped"] == 1 and module.rates["test"].skipped_ids == {broken}
     refs = [ln.text for ln in test_form.lines if ln.id != broken]
     assert out["test/cer"] == pytest.approx(cer(refs, [r["hypothesis"] for r in rows]))
+
+
+def test_cer_by_lines_groups_pages_by_reference_lines_and_pools_edits(tmp_path):
+    rows = [
+        {"id": "a", "reference": "ab cd", "hypothesis": "ab cd"},  # 1 line, exact
+        {"id": "b", "reference": "ab\ncd", "hypothesis": "ab\ncx"},  # 2 lines, 1 edit
+        {"id": "c", "reference": "abcdef\ngh", "hypothesis": ""},  # 2 lines, 9 deletions
+    ]
+    path = tmp_path / "predictions.csv"
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=["id", "reference", "hypothesis", "cer"])
+        writer.writeheader()
+        writer.writerows({**r, "cer": 0} for r in rows)
+    out = subprocess.run([sys.executable, str(REPO / "scripts" / "cer_by_lines.py"), str(path)],
+                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    table = {line.split("|")[1].strip(): line for line in out.splitlines()[2:]}
+    assert list(table) == ["1", "2", "all"]
+    assert "| 1 | 1 | 0.00% |" in table["1"]
+    # pooled over the group: (1 + 9) edits / (5 + 9) reference characters, "\n" counted
+    assert f"| 2 | 2 | {100 * 10 / 14:.2f}% |" in table["2"]
+    refs, hyps = [r["reference"] for r in rows], [r["hypothesis"] for r in rows]
+    assert f"| all | 3 | {100 * cer(refs, hyps):.2f}% |" in table["all"]
+    bad = subprocess.run([sys.executable, str(REPO / "scripts" / "cer_by_lines.py"),
+                          str(tmp_path / "missing.csv")], capture_output=True, text=True)  # fmt: skip
+    assert bad.returncode == 2 and "predictions.csv of a fphtr-eval run" in bad.stderr
