@@ -80,6 +80,10 @@ class EvalConfig:
     num_workers: int | None = None  # default: the checkpoint's num_workers
     device: str = "cpu"  # cpu, cuda, cuda:1 ...
     precision: str | None = None  # default: the checkpoint's trainer.precision; or "auto"
+    # `precision=32-true` on the command line selects the `precision` config group (the one
+    # fphtr-train uses), which writes `trainer.precision`; Hydra gives a plain key of a group's
+    # name no other spelling
+    trainer: dict[str, Any] = field(default_factory=dict)
     worst: int = 16  # samples drawn in worst.png (0: none)
     progress: bool = True  # Lightning's progress bar
     logger: LoggerConfig = field(default_factory=LoggerConfig)
@@ -179,8 +183,9 @@ def _trainer(cfg: DictConfig, stored: dict[str, Any]) -> pl.Trainer:
         accelerator, devices = "cpu", 1
     else:
         raise UsageError(f"device={device} is not allowed: expected cpu, cuda or cuda:N")
-    precision = resolve_precision(cfg.precision or stored["trainer"]["precision"], accelerator)
-    if cfg.precision is None and precision.startswith("bf16") and not native_bf16(accelerator):
+    requested = cfg.precision or cfg.trainer.get("precision")
+    precision = resolve_precision(requested or stored["trainer"]["precision"], accelerator)
+    if requested is None and precision.startswith("bf16") and not native_bf16(accelerator):
         # trained where bf16 is native; emulated here it would be ~20x slower than fp32
         print(
             f"fphtr-eval: precision {precision} (the checkpoint's) has no native bf16 on "

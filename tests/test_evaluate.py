@@ -242,3 +242,17 @@ def test_cer_by_lines_groups_pages_by_reference_lines_and_pools_edits(tmp_path):
     bad = subprocess.run([sys.executable, str(REPO / "scripts" / "cer_by_lines.py"),
                           str(tmp_path / "missing.csv")], capture_output=True, text=True)  # fmt: skip
     assert bad.returncode == 2 and "predictions.csv of a fphtr-eval run" in bad.stderr
+
+
+@pytest.mark.parametrize("option", ["32-true", "bf16-mixed"])
+def test_precision_is_overridable_on_the_command_line(tiny_run, tmp_path, option):
+    """`fphtr-eval precision=X`: the name is also fphtr-train's config group, which Hydra
+    matches first; the group's choice must reach the Trainer."""
+    from fphtr.evaluate import _trainer
+
+    ckpt = tiny_run / "checkpoints" / "last.ckpt"
+    cfg = compose_eval([f"checkpoint={ckpt}", f"precision={option}"], tmp_path)
+    stored = torch.load(ckpt, map_location="cpu", weights_only=False)["fphtr"]["config"]
+    assert _trainer(cfg, stored).precision == option
+    default = _trainer(compose_eval([f"checkpoint={ckpt}"], tmp_path), stored)
+    assert default.precision == stored["trainer"]["precision"]  # the checkpoint's
