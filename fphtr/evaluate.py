@@ -70,6 +70,13 @@ class Split(Enum):
 
 
 @dataclass
+class EvalTrainerConfig:
+    # written by fphtr-train's `precision` group (`precision=32-true`, `# @package trainer`):
+    # a plain `precision` key could not be set, Hydra reads that name as the group
+    precision: str | None = None  # default: the checkpoint's trainer.precision; or "auto"
+
+
+@dataclass
 class EvalConfig:
     checkpoint: str = MISSING  # a .ckpt written by fphtr-train
     split: Split = Split.test
@@ -79,11 +86,7 @@ class EvalConfig:
     batch_size: int | None = None  # default: the checkpoint's eval_batch_size or batch_size
     num_workers: int | None = None  # default: the checkpoint's num_workers
     device: str = "cpu"  # cpu, cuda, cuda:1 ...
-    precision: str | None = None  # default: the checkpoint's trainer.precision; or "auto"
-    # `precision=32-true` on the command line selects the `precision` config group (the one
-    # fphtr-train uses), which writes `trainer.precision`; Hydra gives a plain key of a group's
-    # name no other spelling
-    trainer: dict[str, Any] = field(default_factory=dict)
+    trainer: EvalTrainerConfig = field(default_factory=EvalTrainerConfig)
     worst: int = 16  # samples drawn in worst.png (0: none)
     progress: bool = True  # Lightning's progress bar
     logger: LoggerConfig = field(default_factory=LoggerConfig)
@@ -183,7 +186,7 @@ def _trainer(cfg: DictConfig, stored: dict[str, Any]) -> pl.Trainer:
         accelerator, devices = "cpu", 1
     else:
         raise UsageError(f"device={device} is not allowed: expected cpu, cuda or cuda:N")
-    requested = cfg.precision or cfg.trainer.get("precision")
+    requested = cfg.trainer.precision
     precision = resolve_precision(requested or stored["trainer"]["precision"], accelerator)
     if requested is None and precision.startswith("bf16") and not native_bf16(accelerator):
         # trained where bf16 is native; emulated here it would be ~20x slower than fp32

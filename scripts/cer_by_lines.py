@@ -17,7 +17,7 @@ import csv
 from collections import defaultdict
 from pathlib import Path
 
-from fphtr.metrics import char_edits, word_edits
+from fphtr.metrics import cer, wer
 
 
 def by_lines(rows: list[dict]) -> list[dict]:
@@ -27,16 +27,9 @@ def by_lines(rows: list[dict]) -> list[dict]:
         groups[row["reference"].count("\n") + 1].append(row)
 
     def summary(name: str, items: list[dict]) -> dict:
-        ce = ct = we = wt = ref_chars = hyp_chars = 0
-        for r in items:
-            e, t = char_edits(r["reference"], r["hypothesis"])
-            ce, ct = ce + e, ct + t
-            e, t = word_edits(r["reference"], r["hypothesis"])
-            we, wt = we + e, wt + t
-            ref_chars += len(r["reference"])
-            hyp_chars += len(r["hypothesis"])
-        return {"lines": name, "pages": len(items), "cer": ce / max(ct, 1),
-                "wer": we / max(wt, 1), "hyp_per_ref_chars": hyp_chars / max(ref_chars, 1)}  # fmt: skip
+        refs, hyps = [r["reference"] for r in items], [r["hypothesis"] for r in items]
+        return {"lines": name, "pages": len(items), "cer": cer(refs, hyps), "wer": wer(refs, hyps),
+                "hyp_per_ref_chars": sum(map(len, hyps)) / max(sum(map(len, refs)), 1)}  # fmt: skip
 
     out = [summary(str(n), groups[n]) for n in sorted(groups)]
     out.append(summary("all", rows))

@@ -18,7 +18,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
-from fphtr.checkpoint import CheckpointError, load_model
+from fphtr.checkpoint import CheckpointError, load_model, read_checkpoint
 from fphtr.data.datamodule import build_datamodule
 from fphtr.data.tokenizer import EOS, Tokenizer
 from fphtr.evaluate import eval_config, evaluate
@@ -252,7 +252,7 @@ def test_precision_is_overridable_on_the_command_line(tiny_run, tmp_path, option
 
     ckpt = tiny_run / "checkpoints" / "last.ckpt"
     cfg = compose_eval([f"checkpoint={ckpt}", f"precision={option}"], tmp_path)
-    stored = torch.load(ckpt, map_location="cpu", weights_only=False)["fphtr"]["config"]
+    stored = read_checkpoint(ckpt)["fphtr"]["config"]
     assert _trainer(cfg, stored).precision == option
     default = _trainer(compose_eval([f"checkpoint={ckpt}"], tmp_path), stored)
     assert default.precision == stored["trainer"]["precision"]  # the checkpoint's
