@@ -29,7 +29,11 @@ length its image could plausibly hold instead of running to `max_len`.
 Decoding assumes an eval-mode model (no dropout). On the CPU the step loop runs with one
 intra-op thread: its tensors are tiny (one token per sample), so a second thread only adds
 synchronisation, and on a shared, busy machine every parallel region can wait a whole
-scheduler time slice for the other thread (measured: 20x slower with 2 threads).
+scheduler time slice for the other thread (measured: 20x slower with 2 threads). It also
+runs in float32 whatever the autocast around it (bf16-mixed validation): torch's CPU
+attention kernel for one bf16 query over a long memory is ~3.6x slower than for float32
+(a 32-page batch: 162 ms per step in float32, 487 ms under bf16 autocast, docs/benchmarks.md);
+the encoder keeps the autocast's precision. On GPUs the loop keeps the autocast.
 """
 
 from __future__ import annotations
@@ -54,17 +58,27 @@ REFERENCE_SCALE = 0.5
 
 
 @contextmanager
-def _step_threads(device: torch.device) -> Iterator[None]:
-    """Run the token-by-token loop with CPU_DECODE_THREADS threads on the CPU."""
+def _step_loop(device: torch.device) -> Iterator[None]:
+    """Run the token-by-token loop on the CPU with CPU_DECODE_THREADS threads and without
+    autocast (float32: see the module docstring); elsewhere unchanged."""
+    if device.type != "cpu":
+        yield
+        return
     before = torch.get_num_threads()
-    change = device.type == "cpu" and before > CPU_DECODE_THREADS
+    change = before > CPU_DECODE_THREADS
     if change:
         torch.set_num_threads(CPU_DECODE_THREADS)
     try:
-        yield
+        with torch.autocast("cpu", enabled=False):
+            yield
     finally:
         if change:
             torch.set_num_threads(before)
+
+
+def _loop_dtype(memory: torch.Tensor) -> torch.Tensor:
+    """The memory in the step loop's precision: float32 on the CPU (see `_step_loop`)."""
+    return memory.float() if memory.device.type == "cpu" else memory
 
 
 class IncrementalDecoder:
@@ -156,7 +170,8 @@ def greedy(
     rows = torch.arange(b, device=dev)  # the sample each live row decodes
     done = torch.zeros(b, dtype=torch.bool, device=dev)
     steps = 0
-    with _step_threads(dev):
+    with _step_loop(dev):
+        memory = _loop_dtype(memory)
         inc = IncrementalDecoder(model.decoder, memory, padding, max_len) if use_cache else None
         for t in range(max_len):
             if inc is not None:
@@ -220,7 +235,8 @@ def beam_search(
         rows = idx * k + best
         out[images[idx], :steps] = tokens[rows, 1 : steps + 1]
 
-    with _step_threads(dev):
+    with _step_loop(dev):
+        memory = _loop_dtype(memory)
         inc = IncrementalDecoder(model.decoder, memory, padding, max_len, k) if use_cache else None
         if inc is None:  # the reference runs every beam's whole prefix: one memory per row
             memory, padding = memory.repeat_interleave(k, 0), padding.repeat_interleave(k, 0)

@@ -153,6 +153,29 @@ def test_decode_dispatches_and_restores_the_thread_count():
     assert g.shape[0] == b.shape[0] == 4
 
 
+@pytest.mark.parametrize("search", ["greedy", "beam"])
+def test_the_cpu_step_loop_runs_in_float32_under_bf16_autocast(ragged, search):
+    # bf16-mixed validation encodes under autocast; the step loop must not follow it on the
+    # CPU (its bf16 attention kernel is ~3.6x slower there) and must give float32's tokens
+    model, memory, padding = ragged
+    dtypes = []
+    hook = model.decoder.layers[0].cross_q.register_forward_hook(
+        lambda _m, _i, out: dtypes.append(out.dtype)
+    )
+    run = (lambda m: greedy(model, m, padding, 40)) if search == "greedy" else (
+        lambda m: beam_search(model, m, padding, 40, beam_width=2))  # fmt: skip
+    try:
+        reference = run(memory)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            dtypes.clear()
+            mixed = run(memory.bfloat16())  # the encoder's output under autocast
+    finally:
+        hook.remove()
+    assert set(dtypes) == {torch.float32}
+    assert torch.equal(mixed, run(memory.bfloat16().float()))
+    assert mixed.shape[0] == reference.shape[0]
+
+
 def test_compaction_gives_the_same_tokens(ragged):
     # finished rows leave the batch (cache, memory, tokens); the others decode unchanged
     model, memory, padding = ragged
