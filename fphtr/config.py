@@ -33,6 +33,11 @@ class Schedule(Enum):
     cosine = "cosine"
 
 
+class ScheduleClock(Enum):
+    steps = "steps"
+    time = "time"
+
+
 class LoggerKind(Enum):
     wandb = "wandb"
     csv = "csv"
@@ -161,6 +166,9 @@ class OptimConfig:
     warmup_steps: int = 0
     schedule: Schedule = Schedule.constant  # decay after warmup
     min_lr_ratio: float = 0.05  # floor of the decay, relative to lr
+    # what ends the decay: max_steps, or (time) whichever of max_steps and trainer.max_time
+    # comes first, so that a run stopped by its time limit ends with its lr decayed
+    schedule_clock: ScheduleClock = ScheduleClock.steps
     label_smoothing: float = 0.1
     tf_noise: float = 0.0  # share of decoder input tokens replaced by random ones (training)
     # loss = (1 - w) * attention + w * CTC on the encoder (words, lines); 0 = the paper's
@@ -319,6 +327,9 @@ def validate(cfg: DictConfig) -> None:
     _check(mcc is None or mcc > 0, "data_format.max_chars_per_cell", mcc, "null (off) or > 0")
     _check(cfg.encoder.last_stride in (16, 32), "encoder.last_stride", cfg.encoder.last_stride,
            "32 (the paper's ResNet) or 16 (layer4 without downsampling)")  # fmt: skip
+    clock = str(getattr(cfg.optim.schedule_clock, "value", cfg.optim.schedule_clock))
+    _check(clock != "time" or cfg.trainer.max_time is not None, "optim.schedule_clock", clock,
+           "steps, or time together with trainer.max_time (the budget the decay ends at)")  # fmt: skip
     pre = cfg.optim.ctc_pretrain_steps
     _check(pre == 0 or (pre > 0 and cfg.optim.ctc_weight > 0), "optim.ctc_pretrain_steps", pre,
            "0, or a positive step count together with optim.ctc_weight > 0 (the CTC head)")  # fmt: skip

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from functools import partial
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.callbacks import Timer
 from lightning.pytorch.loggers import WandbLogger
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -23,11 +24,19 @@ from fphtr.model.ctc import ctc_greedy, ctc_loss
 from fphtr.model.fphtr import FPHTR
 
 
-def lr_factor(step: int, warmup: int, total: int, schedule: str, floor: float) -> float:
+def lr_factor(
+    step: int, warmup: int, total: int, schedule: str, floor: float, time_share: float = 0.0
+) -> float:
     """Learning-rate multiplier: linear warmup over `warmup` steps, then constant, or a
-    linear or cosine decay to `floor` at step `total`."""
+    linear or cosine decay to `floor` at step `total`.
+
+    `time_share` > 0 is the share of the run's time budget used so far (schedule_clock=time):
+    the decay then ends at the step the budget reaches at the pace so far,
+    step / time_share, where that comes before `total`."""
     if step < warmup:
         return (step + 1) / warmup
+    if time_share > 0:
+        total = min(total, max(warmup + 1, round(step / min(1.0, time_share))))
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     if schedule == "linear":
         return floor + (1 - floor) * (1 - progress)
@@ -41,8 +50,10 @@ def build_optimizer(
     optim: dict[str, Any],
     total_steps: int,
     precision: str = "32-true",
+    time_share: Callable[[], float] | None = None,
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-    """AdamW with the configured warmup and decay (the `optim` config section).
+    """AdamW with the configured warmup and decay (the `optim` config section); `time_share`
+    reports the share of the time budget used, for `optim.schedule_clock=time`.
 
     Fused if `optim.fused`, except under fp16 autocast: there gradients must be unscaled
     before they are clipped, which Lightning does only for unfused optimisers."""
@@ -61,6 +72,12 @@ def build_optimizer(
         schedule=optim["schedule"],
         floor=optim["min_lr_ratio"],
     )
+    if time_share is not None:
+        step_factor = factor
+
+        def factor(step: int) -> float:  # read the clock each time the scheduler asks
+            return step_factor(step, time_share=time_share())
+
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
@@ -174,8 +191,26 @@ class HTRModule(pl.LightningModule):
     def configure_optimizers(self) -> dict:
         total = max(1, int(self.trainer.estimated_stepping_batches))
         precision = self.config["trainer"]["precision"]
-        opt, sched = build_optimizer(self.parameters(), self.optim, total, precision)
+        opt, sched = build_optimizer(
+            self.parameters(), self.optim, total, precision, self._time_share()
+        )
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def _time_share(self) -> Callable[[], float] | None:
+        """With optim.schedule_clock=time: the share of trainer.max_time used so far, from
+        Lightning's Timer (training time; restored on resume, so a resumed run keeps its
+        place in the decay)."""
+        if self.optim.get("schedule_clock", "steps") != "time":
+            return None
+        timer = next((c for c in self.trainer.callbacks if isinstance(c, Timer)), None)
+        if timer is None or timer.time_remaining() is None:
+            raise RuntimeError("optim.schedule_clock=time needs trainer.max_time")
+
+        def share() -> float:
+            elapsed = timer.time_elapsed()
+            return elapsed / max(1e-9, elapsed + timer.time_remaining())
+
+        return share
 
     def configure_gradient_clipping(
         self,

@@ -7,6 +7,7 @@ import torchvision
 from omegaconf import OmegaConf
 
 from fphtr.callbacks import PageCurriculum
+from fphtr.config import ConfigError, validate
 from fphtr.data.augment import Augmenter
 from fphtr.data.datamodule import PreparedDataset, build_datamodule
 from fphtr.data.sample import Sample
@@ -76,6 +77,51 @@ def test_weight_decay_warmup_and_decay(tmp_path, schedule):
         assert lrs[-1] == pytest.approx(1e-3)
     else:
         assert lrs[-1] == pytest.approx(1e-4, rel=0.1)  # decayed to min_lr_ratio * lr
+
+
+def test_the_time_clock_ends_the_decay_when_the_time_budget_runs_out(tmp_path):
+    _, _, config = make_module(
+        tmp_path, "optim.warmup_steps=10", "optim.schedule=cosine", "optim.min_lr_ratio=0.1",
+        "optim.lr=1e-3", "optim.schedule_clock=time",
+    )  # fmt: skip
+    model = torch.nn.Linear(2, 2)
+    clock = {"step": 0}  # a run whose budget of time ends at step 200 of the planned 1000
+    by_time = build_optimizer(
+        model.parameters(), config["optim"], 1000, time_share=lambda: clock["step"] / 200
+    )
+    by_steps = build_optimizer(torch.nn.Linear(2, 2).parameters(), config["optim"], 1000)
+    lrs = {"time": [], "steps": []}
+    for step in range(200):
+        clock["step"] = step + 1  # the scheduler reads the clock after each step
+        for name, (opt, sched) in (("time", by_time), ("steps", by_steps)):
+            lrs[name].append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+    assert lrs["time"][:10] == pytest.approx(lrs["steps"][:10])  # warmup counts steps
+    assert lrs["time"][105] == pytest.approx(1e-4 + 9e-4 * 0.5, rel=0.05)  # half-way
+    assert lrs["time"][-1] == pytest.approx(1e-4, rel=0.05)  # at the floor when time is up
+    assert lrs["steps"][-1] > 9e-4  # the step clock has hardly begun its decay
+
+
+def test_a_run_stopped_by_max_time_ends_with_its_lr_decayed(tmp_path):
+    from fphtr.train import train
+
+    run = tmp_path / "run"
+    limits = ["trainer.max_steps=100000", "trainer.max_epochs=-1", "run_test=false",
+              "trainer.max_time=00:00:00:04", "trainer.val_check_interval=100000",
+              "trainer.check_val_every_n_epoch=null", "callbacks.train_cer_samples=0",
+              "data_format.max_target_len=30"]  # fmt: skip
+    schedule = ["optim.schedule=cosine", "optim.min_lr_ratio=0.1", "optim.lr=1e-3"]
+    train(compose_train([*TINY, *limits, *schedule, "optim.schedule_clock=time"], run))
+    state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    assert state["global_step"] > 10
+    assert state["lr_schedulers"][0]["_last_lr"][0] < 1.2e-4  # ~ min_lr_ratio * lr
+
+
+def test_the_time_clock_needs_a_time_budget():
+    cfg = compose_train([*TINY, "optim.schedule_clock=time", "trainer.max_time=null"])
+    with pytest.raises(ConfigError, match=r"optim\.schedule_clock"):
+        validate(cfg)
 
 
 def test_augmentation_strength_changes_images():
