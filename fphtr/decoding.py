@@ -31,8 +31,9 @@ intra-op thread: its tensors are tiny (one token per sample), so a second thread
 synchronisation, and on a shared, busy machine every parallel region can wait a whole
 scheduler time slice for the other thread (measured: 20x slower with 2 threads). It also
 runs in float32 whatever the autocast around it (bf16-mixed validation): torch's CPU
-attention kernel for one bf16 query over a long memory is ~3.6x slower than for float32
-(a 32-page batch: 162 ms per step in float32, 487 ms under bf16 autocast, docs/benchmarks.md);
+attention kernel for one bf16 query over a long memory is ~3.4x slower than for float32
+(a 32-page batch on Zen 4: 161 ms per step in float32, 546 ms under bf16 autocast,
+scripts/bench_step_precision.py, docs/benchmarks.md);
 the encoder keeps the autocast's precision. On GPUs the loop keeps the autocast.
 """
 
@@ -58,11 +59,12 @@ REFERENCE_SCALE = 0.5
 
 
 @contextmanager
-def _step_loop(device: torch.device) -> Iterator[None]:
-    """Run the token-by-token loop on the CPU with CPU_DECODE_THREADS threads and without
-    autocast (float32: see the module docstring); elsewhere unchanged."""
-    if device.type != "cpu":
-        yield
+def _step_loop(memory: torch.Tensor) -> Iterator[torch.Tensor]:
+    """Run the token-by-token loop over `memory`; yields the memory in the loop's precision.
+    On the CPU: CPU_DECODE_THREADS threads, no autocast, float32 memory (see the module
+    docstring); elsewhere unchanged."""
+    if memory.device.type != "cpu":
+        yield memory
         return
     before = torch.get_num_threads()
     change = before > CPU_DECODE_THREADS
@@ -70,15 +72,10 @@ def _step_loop(device: torch.device) -> Iterator[None]:
         torch.set_num_threads(CPU_DECODE_THREADS)
     try:
         with torch.autocast("cpu", enabled=False):
-            yield
+            yield memory.float()
     finally:
         if change:
             torch.set_num_threads(before)
-
-
-def _loop_dtype(memory: torch.Tensor) -> torch.Tensor:
-    """The memory in the step loop's precision: float32 on the CPU (see `_step_loop`)."""
-    return memory.float() if memory.device.type == "cpu" else memory
 
 
 class IncrementalDecoder:
@@ -170,8 +167,7 @@ def greedy(
     rows = torch.arange(b, device=dev)  # the sample each live row decodes
     done = torch.zeros(b, dtype=torch.bool, device=dev)
     steps = 0
-    with _step_loop(dev):
-        memory = _loop_dtype(memory)
+    with _step_loop(memory) as memory:
         inc = IncrementalDecoder(model.decoder, memory, padding, max_len) if use_cache else None
         for t in range(max_len):
             if inc is not None:
@@ -235,8 +231,7 @@ def beam_search(
         rows = idx * k + best
         out[images[idx], :steps] = tokens[rows, 1 : steps + 1]
 
-    with _step_loop(dev):
-        memory = _loop_dtype(memory)
+    with _step_loop(memory) as memory:
         inc = IncrementalDecoder(model.decoder, memory, padding, max_len, k) if use_cache else None
         if inc is None:  # the reference runs every beam's whole prefix: one memory per row
             memory, padding = memory.repeat_interleave(k, 0), padding.repeat_interleave(k, 0)

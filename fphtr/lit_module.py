@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Iterable
-from functools import partial
 from typing import Any
 
 import lightning.pytorch as pl
@@ -65,18 +64,10 @@ def build_optimizer(
         weight_decay=optim["weight_decay"],
         **({"fused": True} if fused else {"foreach": True}),
     )
-    factor = partial(
-        lr_factor,
-        warmup=optim["warmup_steps"],
-        total=total_steps,
-        schedule=optim["schedule"],
-        floor=optim["min_lr_ratio"],
-    )
-    if time_share is not None:
-        step_factor = factor
 
-        def factor(step: int) -> float:  # read the clock each time the scheduler asks
-            return step_factor(step, time_share=time_share())
+    def factor(step: int) -> float:  # the clock, if any, is read each time the scheduler asks
+        return lr_factor(step, optim["warmup_steps"], total_steps, optim["schedule"],
+                         optim["min_lr_ratio"], time_share() if time_share else 0.0)  # fmt: skip
 
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
 

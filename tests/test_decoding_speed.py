@@ -156,7 +156,7 @@ def test_decode_dispatches_and_restores_the_thread_count():
 @pytest.mark.parametrize("search", ["greedy", "beam"])
 def test_the_cpu_step_loop_runs_in_float32_under_bf16_autocast(ragged, search):
     # bf16-mixed validation encodes under autocast; the step loop must not follow it on the
-    # CPU (its bf16 attention kernel is ~3.6x slower there) and must give float32's tokens
+    # CPU (its bf16 attention kernel is ~3.4x slower there) and must give float32's tokens
     model, memory, padding = ragged
     dtypes = []
     hook = model.decoder.layers[0].cross_q.register_forward_hook(
