@@ -167,7 +167,8 @@ class OptimConfig:
     schedule: Schedule = Schedule.constant  # decay after warmup
     min_lr_ratio: float = 0.05  # floor of the decay, relative to lr
     # what ends the decay: max_steps, or (time) whichever of max_steps and trainer.max_time
-    # comes first, so that a run stopped by its time limit ends with its lr decayed
+    # comes first, so that a run stopped by its time limit ends with its lr decayed (without
+    # a max_time, time is the step clock)
     schedule_clock: ScheduleClock = ScheduleClock.steps
     label_smoothing: float = 0.1
     tf_noise: float = 0.0  # share of decoder input tokens replaced by random ones (training)
@@ -328,8 +329,10 @@ def validate(cfg: DictConfig) -> None:
     _check(cfg.encoder.last_stride in (16, 32), "encoder.last_stride", cfg.encoder.last_stride,
            "32 (the paper's ResNet) or 16 (layer4 without downsampling)")  # fmt: skip
     clock = str(getattr(cfg.optim.schedule_clock, "value", cfg.optim.schedule_clock))
-    _check(clock != "time" or cfg.trainer.max_time is not None, "optim.schedule_clock", clock,
-           "steps, or time together with trainer.max_time (the budget the decay ends at)")  # fmt: skip
+    if clock == "time" and cfg.trainer.max_time is None:  # e.g. the quick start, trained longer
+        logging.getLogger(__name__).info(
+            "optim.schedule_clock=time without trainer.max_time: the decay ends at max_steps"
+        )
     pre = cfg.optim.ctc_pretrain_steps
     _check(pre == 0 or (pre > 0 and cfg.optim.ctc_weight > 0), "optim.ctc_pretrain_steps", pre,
            "0, or a positive step count together with optim.ctc_weight > 0 (the CTC head)")  # fmt: skip

@@ -188,14 +188,14 @@ class HTRModule(pl.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def _time_share(self) -> Callable[[], float] | None:
-        """With optim.schedule_clock=time: the share of trainer.max_time used so far, from
-        Lightning's Timer (training time; restored on resume, so a resumed run keeps its
-        place in the decay)."""
+        """With optim.schedule_clock=time and a trainer.max_time: the share of it used so
+        far, from Lightning's Timer (training time; restored on resume, so a resumed run
+        keeps its place in the decay). None: the step clock."""
         if self.optim.get("schedule_clock", "steps") != "time":
             return None
         timer = next((c for c in self.trainer.callbacks if isinstance(c, Timer)), None)
-        if timer is None or timer.time_remaining() is None:
-            raise RuntimeError("optim.schedule_clock=time needs trainer.max_time")
+        if timer is None or timer.time_remaining() is None:  # no max_time: max_steps ends it
+            return None
 
         def share() -> float:
             elapsed = timer.time_elapsed()

@@ -1,5 +1,7 @@
 """Each lever against overfitting is a config value that changes what it should."""
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -7,7 +9,7 @@ import torchvision
 from omegaconf import OmegaConf
 
 from fphtr.callbacks import PageCurriculum
-from fphtr.config import ConfigError, validate
+from fphtr.config import validate
 from fphtr.data.augment import Augmenter
 from fphtr.data.datamodule import PreparedDataset, build_datamodule
 from fphtr.data.sample import Sample
@@ -118,10 +120,13 @@ def test_a_run_stopped_by_max_time_ends_with_its_lr_decayed(tmp_path):
     assert state["lr_schedulers"][0]["_last_lr"][0] < 1.2e-4  # ~ min_lr_ratio * lr
 
 
-def test_the_time_clock_needs_a_time_budget():
-    cfg = compose_train([*TINY, "optim.schedule_clock=time", "trainer.max_time=null"])
-    with pytest.raises(ConfigError, match=r"optim\.schedule_clock"):
-        validate(cfg)
+def test_without_a_time_budget_the_time_clock_is_the_step_clock(tmp_path):
+    # `fphtr-train trainer.max_steps=2200 trainer.max_time=null` (the README's "train longer"
+    # on the quick start's time clock) must run, with the decay ending at max_steps
+    module, _, config = make_module(tmp_path, "optim.schedule_clock=time", "trainer.max_time=null")
+    validate(compose_train([*TINY, "optim.schedule_clock=time", "trainer.max_time=null"]))
+    module.trainer = SimpleNamespace(callbacks=[])  # what Lightning builds without max_time
+    assert module._time_share() is None
 
 
 def test_augmentation_strength_changes_images():
