@@ -31,6 +31,19 @@ def main() -> None:
         help="handwritten lines per form",
     )
     parser.add_argument(
+        "--held-out-fonts",
+        nargs="+",
+        default=(),
+        metavar="FONT",
+        help="fonts that write only the validation and test forms (new hands at evaluation, "
+        "e.g. kalam shadows-into-light)",
+    )
+    parser.add_argument(
+        "--held-out-texts",
+        action="store_true",
+        help="validation and test forms copy held-out corpus sentences, never a training text",
+    )
+    parser.add_argument(
         "--single-forms-dir",
         action="store_true",
         help="put all form scans in forms/ instead of formsA-D/E-H/I-Z",
@@ -52,6 +65,8 @@ def main() -> None:
         lines_per_form=tuple(args.lines),
         single_forms_dir=args.single_forms_dir,
         overwrite=True,
+        held_out_fonts=args.held_out_fonts,
+        held_out_texts=args.held_out_texts,
     )
     n_lines = sum(len(f.lines) for f in info.forms)
     n_words = sum(len(ln.words) for f in info.forms for ln in f.lines)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -142,6 +143,7 @@ class FixtureForm:
     official: str
     header_bottom: int  # y of the rule under the machine-printed part (page pixels)
     lines: list[FixtureLine]
+    font: str = ""  # the writer's font (the synthetic renderer's writer)
 
 
 @dataclass
@@ -231,15 +233,25 @@ def make_iam_fixture(
     lines_per_form: tuple[int, int] = (3, 6),
     single_forms_dir: bool = False,
     overwrite: bool = False,
+    held_out_fonts: Sequence[str] = (),
+    held_out_texts: bool = False,
 ) -> FixtureInfo:
     """Write a fake IAM with `forms` forms under `out` and return what was written.
 
     scale: page resolution relative to IAM's ~300 dpi (1.0 = 2479 x 3542 px pages; tests may
-    use less). If `out` already holds a fixture made with the same arguments it is reused.
+    use less). held_out_fonts: fonts that write only the validation and test forms (of both
+    split lists), so that held-out writers are new hands, as in IAM's writer-independent
+    task; by default every form's font is drawn from all fonts but the synthetic dataset's
+    validation writers. held_out_texts: validation and test forms (Aachen lists) copy
+    sentences of the corpus's validation and test parts, never a training form's text
+    (by default all forms copy training sentences, and with enough forms every held-out
+    text has been seen in training). If `out` already holds a fixture made with the same arguments it is
+    reused.
     """
     out = Path(out)
     params = {"forms": forms, "seed": seed, "scale": scale, "lines_per_form": list(lines_per_form),
-              "single_forms_dir": single_forms_dir}  # fmt: skip
+              "single_forms_dir": single_forms_dir, "held_out_fonts": list(held_out_fonts),
+              "held_out_texts": held_out_texts}  # fmt: skip
     marker = out / "fixture-params.json"
     if not overwrite and marker.is_file() and json.loads(marker.read_text()) == params:
         return FixtureInfo.load(out)
@@ -250,9 +262,16 @@ def make_iam_fixture(
     out.mkdir(parents=True)
 
     rng = np.random.default_rng(seed)
-    writers = [w for w in WRITERS if w not in DEFAULT_VAL_WRITERS]
-    renderer = HandwritingRenderer(writers, scale=scale)
-    sentences = load_corpus("train")
+    unknown = sorted(set(held_out_fonts) - set(WRITERS))
+    if unknown:
+        raise ValueError(f"held_out_fonts: unknown fonts {unknown}; choose from {list(WRITERS)}")
+    if held_out_fonts and set(held_out_fonts) >= set(WRITERS):
+        raise ValueError("held_out_fonts: leave at least one font for the training forms")
+    excluded = set(held_out_fonts) or set(DEFAULT_VAL_WRITERS)
+    renderer = HandwritingRenderer([w for w in WRITERS if w not in excluded], scale=scale)
+    held_out = HandwritingRenderer(held_out_fonts, scale=scale) if held_out_fonts else renderer
+    corpus = {split: load_corpus(split) for split in (("train", "val", "test")
+                                                      if held_out_texts else ("train",))}  # fmt: skip
     font = ImageFont.load_default(size=max(8, round(38 * scale)))
     title_font = ImageFont.load_default(size=max(10, round(70 * scale)))
     page_w, page_h = round(PAGE_W * scale), round(PAGE_H * scale)
@@ -260,9 +279,11 @@ def make_iam_fixture(
     infos: list[FixtureForm] = []
 
     for i, form_id in enumerate(_form_ids(forms)):
-        style = renderer.sample_writer_style(rng)
+        evaluated = aachen[i] != "train" or official[i] != "train"
+        style = (held_out if evaluated else renderer).sample_writer_style(rng)
         n_lines = int(rng.integers(lines_per_form[0], lines_per_form[1], endpoint=True))
-        words = _passage(rng, sentences, 14 * n_lines)
+        text_split = aachen[i] if held_out_texts else "train"
+        words = _passage(rng, corpus[text_split], 14 * n_lines)
         if i == 0:
             words = _FIRST_SENTENCE.split() + words
         wrap_width = rng.uniform(1700, 2000) * scale
@@ -332,7 +353,8 @@ def make_iam_fixture(
             box = (min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys))
             lines.append(FixtureLine(line_id, text, "err" if err else "ok", box, fwords))
 
-        form = FixtureForm(form_id, _writer_of(i), aachen[i], official[i], header_bottom, lines)
+        form = FixtureForm(form_id, _writer_of(i), aachen[i], official[i], header_bottom, lines,
+                           font=style.writer)  # fmt: skip
         infos.append(form)
         _write_images(out, form, page, page_arr, single_forms_dir)
         _write_xml(out, form, printed, page_w, page_h, rng)

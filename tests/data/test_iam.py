@@ -380,3 +380,20 @@ def test_words_txt_records_are_read_as_iam_ships_them(iam_fixture, tmp_path, lay
     assert len(items) == n_ok and set(skipped) == {
         "segmentation err (dataset.keep_err_words=false)"
     }
+
+
+def test_fixture_held_out_fonts_and_texts(tmp_path):
+    from fphtr.data.iam_fixture import make_iam_fixture
+    from fphtr.data.synthetic import load_corpus
+
+    info = make_iam_fixture(tmp_path / "fx", forms=8, scale=0.25, lines_per_form=(1, 2),
+                            held_out_fonts=("kalam",), held_out_texts=True)  # fmt: skip
+    corpus = {s: "".join("".join(load_corpus(s)).split()) for s in ("train", "val", "test")}
+    for form in info.forms:
+        held_out = form.aachen != "train" or form.official != "train"
+        assert (form.font == "kalam") == held_out
+        start = "".join(form.lines[0].text.split())
+        if form.aachen != "train":
+            assert start in corpus[form.aachen] and start not in corpus["train"]
+    with pytest.raises(ValueError, match="unknown fonts"):
+        make_iam_fixture(tmp_path / "bad", forms=3, held_out_fonts=("comic-sans",))
