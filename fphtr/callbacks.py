@@ -89,9 +89,11 @@ class PredictionTable(pl.Callback):
 
 
 class PageCurriculum(pl.Callback):
-    """Synthetic page curriculum (as in DAN): pages start with `min_lines` lines and gain one
-    line every `lines_every` optimiser steps up to `max_lines`; once full pages are reached,
-    the share of synthetic samples decays linearly to `final_proba` over as many steps.
+    """Page curriculum (as in DAN): pages start with `min_lines` lines and gain one line
+    every `lines_every` optimiser steps up to `max_lines`; once full pages are reached, the
+    share of synthetic samples decays linearly to `final_proba` over as many steps. It caps
+    synthetic pages, pages stitched from IAM words and real IAM forms (cut below their
+    first lines) alike. `max_lines=None`: the most lines a training page has (IAM).
 
     The state is applied at each training epoch start (dataloader workers are re-created per
     epoch), so keep epochs short (`dataset.train_size`) for a smooth curriculum. The current
@@ -100,7 +102,7 @@ class PageCurriculum(pl.Callback):
     def __init__(
         self,
         min_lines: int,
-        max_lines: int,
+        max_lines: int | None,
         lines_every: int,
         final_proba: float | None = None,
     ):
@@ -119,12 +121,17 @@ class PageCurriculum(pl.Callback):
 
     def _apply(self, trainer: pl.Trainer, step: int) -> tuple[int, float]:
         data = trainer.datamodule.train
+        sources = [ds for ds in (data.base, data.synthetic) if hasattr(ds, "set_max_lines")]
         if not hasattr(self, "start_proba"):
             self.start_proba = data.synthetic_proba
+        if self.max_lines is None:
+            self.max_lines = max(
+                [ds.max_page_lines for ds in sources if hasattr(ds, "max_page_lines")],
+                default=self.min_lines,
+            )
         lines, proba = self.state(step, self.start_proba)
-        for ds in (data.base, data.synthetic):
-            if hasattr(ds, "set_max_lines"):
-                ds.set_max_lines(lines)
+        for ds in sources:
+            ds.set_max_lines(lines)
         data.synthetic_proba = proba
         return lines, proba
 

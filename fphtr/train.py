@@ -93,7 +93,7 @@ def build_callbacks(
         ds = config["dataset"]
         callbacks.append(
             PageCurriculum(
-                ds.get("min_lines", 1), ds.get("max_lines", 10),
+                ds.get("min_lines", 1), ds.get("max_lines"),  # IAM: its forms' most lines
                 cb["curriculum_lines_every"], cb["curriculum_final_synthetic_proba"],
             )
         )  # fmt: skip

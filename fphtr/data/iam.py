@@ -33,7 +33,7 @@ import os
 import xml.etree.ElementTree as ET
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +117,9 @@ class Item:
     path: Path
     form: str
     crop: Box | None = None
+    # forms: the (top, bottom) edges in file px of each line in `text`, None for a line
+    # without a box; the page curriculum cuts a form below its first n lines
+    line_spans: tuple[tuple[int, int] | None, ...] = ()
 
 
 def form_of(item_id: str) -> str:
@@ -467,6 +470,8 @@ class IAM:
             if kind == "form":
                 why = self.bad_items.get(form.id)
                 text = "\n".join(ln.text for ln in form.lines if ln.text)
+                spans = tuple((ln.box[1], ln.box[3]) if ln.box else None
+                              for ln in form.lines if ln.text)  # fmt: skip
                 path = self._form_images.get(form.id, self.root / "forms" / f"{form.id}.png")
                 if why is None and not text:
                     why = "no handwritten lines in xml"
@@ -474,7 +479,7 @@ class IAM:
                 if why:
                     skipped[why] += 1
                 else:
-                    candidates.append(Item(form.id, text, path, form.id, crop))
+                    candidates.append(Item(form.id, text, path, form.id, crop, spans))
                 continue
             group = form.id.split("-")[0]
             for line in form.lines:
@@ -601,6 +606,33 @@ class IAMDataset(Dataset):
         # training: an unreadable image is replaced by the next sample; evaluation: left out
         self.replace_unreadable = split == "train"
         self.replaced = 0  # replacements served by this process
+        self.max_lines: int | None = None  # page curriculum: forms cut below this many lines
+
+    @property
+    def max_page_lines(self) -> int:
+        """The most lines a sample has (where the page curriculum ends)."""
+        return max((len(it.line_spans) for it in self.items), default=1)
+
+    def set_max_lines(self, n: int | None) -> None:
+        """Page curriculum (forms): serve each form cut below its first `n` lines, with the
+        transcription of those lines (None: whole forms). A form with a line without a box
+        is served whole."""
+        self.max_lines = None if n is None else max(1, int(n))
+
+    def _cut(self, item: Item) -> Item:
+        """`item` cut below its first `max_lines` lines: the form's left, top and right
+        edges; at the bottom the margin the whole form has, or less where the next line
+        starts sooner."""
+        n, spans = self.max_lines, item.line_spans
+        if n is None or n >= len(spans) or item.crop is None or None in spans:
+            return item
+        x0, y0, x1, y1 = item.crop
+        margin = y1 - max(b for _, b in spans)  # type: ignore[misc]
+        bottom = max(b for _, b in spans[:n])  # type: ignore[misc]
+        gap = max(0, spans[n][0] - bottom)  # type: ignore[index]
+        text = "\n".join(item.text.split("\n")[:n])
+        return replace(item, text=text, crop=(x0, y0, x1, bottom + min(margin, gap)),
+                       line_spans=spans[:n])  # fmt: skip
 
     def __len__(self) -> int:
         return len(self.items)
@@ -615,7 +647,7 @@ class IAMDataset(Dataset):
         as `unreadable`, so that it is left out and reported, never scored twice."""
         n = len(self.items)
         for k in range(n):
-            item = self.items[(int(index) + k) % n]
+            item = self._cut(self.items[(int(index) + k) % n])
             if item.id not in self.failed:
                 try:
                     image = self.cache.load(item.path, self.scale, self.max_height,

@@ -289,6 +289,11 @@ class Stitcher(torch.utils.data.Dataset):
             self.words.set_epoch(epoch)
             self._memo.clear()
 
+    @property
+    def max_page_lines(self) -> int:
+        """The most lines a stitched page has (where the page curriculum ends)."""
+        return int(self.lines_per_form.max())
+
     def set_max_lines(self, n: int | None) -> None:
         """Curriculum: cap the number of lines of stitched pages (None: no cap)."""
         self.max_lines = None if n is None else max(1, int(n))

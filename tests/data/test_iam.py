@@ -382,6 +382,39 @@ def test_words_txt_records_are_read_as_iam_ships_them(iam_fixture, tmp_path, lay
     }
 
 
+def test_page_curriculum_cuts_forms_below_their_first_lines(indexes):
+    ds = indexes["aachen"].dataset("train", "form", 0.5, 4000, 4000)
+    k = max(range(len(ds)), key=lambda i: len(ds.items[i].line_spans))
+    item, whole = ds.items[k], ds[k]
+    assert ds.max_page_lines == len(item.line_spans) >= 3
+    ds.set_max_lines(2)
+    cut = ds[k]
+    assert cut.text == "\n".join(whole.text.split("\n")[:2])
+    assert cut.image.shape[1] == whole.image.shape[1]  # the form's width, cut at the bottom
+    top_of_third = (item.line_spans[2][0] - item.crop[1]) * 0.5
+    assert cut.image.shape[0] <= round(top_of_third) < whole.image.shape[0]
+    assert np.array_equal(cut.image, whole.image[: cut.image.shape[0]])
+    ds.set_max_lines(len(item.line_spans))
+    assert ds[k].text == whole.text
+    ds.set_max_lines(None)
+    assert np.array_equal(ds[k].image, whole.image)
+
+
+def test_the_curriculum_reaches_the_forms_most_lines_on_iam(indexes):
+    from types import SimpleNamespace
+
+    from fphtr.callbacks import PageCurriculum
+    from fphtr.data.datamodule import PreparedDataset
+
+    ds = indexes["aachen"].dataset("train", "form", 0.5, 4000, 4000)
+    trainer = SimpleNamespace(datamodule=SimpleNamespace(train=PreparedDataset(ds, 4000, 4000)))
+    curriculum = PageCurriculum(min_lines=1, max_lines=None, lines_every=10)
+    assert curriculum._apply(trainer, 0) == (1, 0.0)
+    assert all(s.text.count("\n") == 0 for s in (ds[i] for i in range(len(ds))))
+    assert curriculum._apply(trainer, 10_000) == (ds.max_page_lines, 0.0)
+    assert [s.text for s in (ds[i] for i in range(len(ds)))] == ds.texts()
+
+
 def test_fixture_held_out_fonts_and_texts(tmp_path):
     from fphtr.data.iam_fixture import make_iam_fixture
     from fphtr.data.synthetic import load_corpus
