@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
@@ -11,7 +12,7 @@ from fphtr.config import ConfigError, validate
 from fphtr.data.datamodule import build_datamodule
 from fphtr.model.fphtr import build_model
 
-from .conftest import CONF_DIR, TINY, compose_train
+from .conftest import CONF_DIR, REPO, TINY, compose_train
 from .data.conftest import aachen_dir, session_fixture
 
 GROUPS = ["encoder", "decoder", "data_format", "dataset", "augmentation", "precision",
@@ -159,3 +160,34 @@ def test_precision_auto_is_bf16_only_where_it_is_native(monkeypatch, native, exp
     cfg = compose_train(["precision=bf16-mixed"])  # an explicit choice is kept
     validate(cfg)
     assert cfg.trainer.precision == "bf16-mixed"
+
+
+def test_every_run_of_the_page_study_composes_and_validates(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("page_study", REPO / "scripts/page_study.py")
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+    plan = study.runs(tmp_path, Path("/x"), Path("/s"), 200, [])
+    assert list(plan)[:2] == ["0-lines", "1-baseline"] and list(plan)[-1] == "8-combined"
+    cfgs = {name: compose_train(overrides) for name, overrides in plan.items()}
+    for name, cfg in cfgs.items():
+        validate(cfg)
+        assert cfg.dataset.name == "iam" and cfg.dataset.root == "/x", name
+        if name != "0-lines":
+            assert cfg.trainer.max_steps == 200 and cfg.data_format.name.value == "form", name
+    assert cfgs["0-lines"].data_format.name.value == "line"
+    baseline = cfgs["1-baseline"]
+    assert baseline.augmentation.synthetic_proba == 0 and baseline.optim.tf_noise == 0
+    assert baseline.encoder.dropout == 0 and not baseline.callbacks.curriculum
+    assert cfgs["3-from-lines"].model.init_from == str(tmp_path / "0-lines/checkpoints/last.ckpt")
+    # augmentation=paper would reset synthetic_proba, but dotted keys apply after groups
+    combined = cfgs["8-combined"]
+    assert combined.augmentation.name == "paper" and combined.augmentation.synthetic_proba == 0.5
+    assert combined.callbacks.curriculum_lines_every == round(0.8 * 200 / 11)
+    # the sweep around the combination searches exactly the keys the script leaves free
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+        swept = compose("train", overrides=study.sweep_overrides(plan, 4), return_hydra_config=True)
+    assert tuple(swept.hydra.sweeper.params) == study.SEARCHED
+    assert swept.hydra.sweeper.n_trials == 4 and swept.model.init_from == combined.model.init_from
+    assert all(OmegaConf.select(swept, key) is not None for key in study.SEARCHED)
