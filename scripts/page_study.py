@@ -77,16 +77,21 @@ def sweep_overrides(plan: dict[str, list[str]], trials: int) -> list[str]:
     return ["hparams_search=iam_pages_cpu", *fixed, f"hydra.sweeper.n_trials={trials}"]
 
 
+def call(cmd: list[str], log: Path) -> None:
+    """Print the command, run it with its output in `log`, stop the study if it fails."""
+    print("$ " + shlex.join(cmd), flush=True)
+    with open(log, "w") as out:
+        code = subprocess.call(cmd, stdout=out, stderr=subprocess.STDOUT)
+    if code:
+        sys.exit(f"failed (exit {code}): see {log}")
+
+
 def run(cmd: list[str], folder: Path) -> None:
     if (folder / "metrics.json").is_file():
         print(f"# kept: {folder} (metrics.json exists)", flush=True)
         return
-    print("$ " + shlex.join(cmd), flush=True)
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder.with_suffix(".log"), "w") as log:
-        code = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT)
-    if code:
-        sys.exit(f"failed (exit {code}): see {folder.with_suffix('.log')}")
+    call(cmd, folder.with_suffix(".log"))
 
 
 def main() -> None:
@@ -122,6 +127,10 @@ def main() -> None:
     lists = (args.split_dir or root / "splits" / "aachen").resolve()
     splits = out / "splits"
     splits.mkdir(parents=True, exist_ok=True)
+    missing = [n for n in ("train", "validation", "test") if not (lists / f"{n}.uttlist").is_file()]
+    if missing:
+        sys.exit(f"{lists} lacks {', '.join(missing)}.uttlist: point --root at an IAM-layout "
+                 "folder, or --split-dir at its Aachen lists")  # fmt: skip
     train = (lists / "train.uttlist").read_text().split()
     if len(train) < args.train_forms:
         sys.exit(f"{lists}/train.uttlist has {len(train)} forms, fewer than --train-forms")
@@ -130,28 +139,20 @@ def main() -> None:
         (splits / name).write_text((lists / name).read_text())
 
     plan = runs(out, root, splits, args.steps, args.extra)
-    unknown = set(args.only or ()) - {name.split("-", 1)[1] for name in plan}
+    arm_of = {name: name.split("-", 1)[1] for name in plan}  # "3-from-lines" -> "from-lines"
+    unknown = set(args.only or ()) - set(arm_of.values())
     if unknown:
-        sys.exit(f"unknown arms {sorted(unknown)}; choose from {list(arms(1, Path()))}")
+        sys.exit(f"unknown arms {sorted(unknown)}; choose from {list(arm_of.values())[1:]}")
     for name, overrides in plan.items():
-        if args.only and name != "0-lines" and name.split("-", 1)[1] not in args.only:
+        if args.only and name != "0-lines" and arm_of[name] not in args.only:
             continue
         run([*TRAIN, *overrides, f"hydra.run.dir={out / name}"], out / name)
     subprocess.check_call([sys.executable, str(REPORT), str(out)], env=os.environ)
     if args.sweep_trials > 0:
         sweep = out / "sweep"
         if not (sweep / "optimization_results.yaml").is_file():
-            cmd = [
-                *TRAIN,
-                "-m",
-                *sweep_overrides(plan, args.sweep_trials),
-                f"hydra.sweep.dir={sweep}",
-            ]
-            print("$ " + shlex.join(cmd), flush=True)
-            with open(out / "sweep.log", "w") as log:
-                code = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT)
-            if code:
-                sys.exit(f"sweep failed (exit {code}): see {out / 'sweep.log'}")
+            sweep_cmd = [*TRAIN, "-m", *sweep_overrides(plan, args.sweep_trials)]
+            call([*sweep_cmd, f"hydra.sweep.dir={sweep}"], out / "sweep.log")
         subprocess.check_call([sys.executable, str(REPORT), str(sweep)], env=os.environ)
 
 
